@@ -1,0 +1,34 @@
+"""Encoder + decoder + head assembly shared by every segkn architecture."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SegmentationModel(nn.Module):
+    """Runs encoder -> decoder -> head on any input size and returns logits of exactly that size.
+
+    The input is zero-padded at the bottom and right to a multiple of ``size_divisor`` (the
+    encoder's largest stride), so that every feature map lines up with its skip connection; the
+    logits are upsampled to the padded size and cropped back to the input's H x W.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, head: nn.Module, size_divisor: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.head = head
+        self.size_divisor = size_divisor
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        pad_h = (self.size_divisor - h % self.size_divisor) % self.size_divisor
+        pad_w = (self.size_divisor - w % self.size_divisor) % self.size_divisor
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        features = self.encoder(x)
+        logits = self.head(self.decoder(features))
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :h, :w]
