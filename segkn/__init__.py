@@ -1,3 +1,10 @@
 """segkn: semantic segmentation with Kernel Normalized convolutional networks."""
 
 __version__ = "0.1.0"
+
+from segkn.models import build_model, register_smp_encoders  # noqa: E402
+
+# `import segkn` makes knresnet18|34|50 available as encoder_name in every smp architecture.
+register_smp_encoders()
+
+__all__ = ["__version__", "build_model"]
