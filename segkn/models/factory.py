@@ -92,23 +92,30 @@ def build_encoder(cfg: Mapping[str, Any]) -> nn.Module:
 
 def build_model(cfg: Mapping[str, Any]) -> nn.Module:
     """A segmentation model from a mapping with arch, encoder, norm, num_classes, ... (see DEFAULTS)."""
-    from segkn.models.decoders import UNet, DeepLabV3, DeepLabV3Plus
+    from segkn.models.decoders import DeepLabV3, DeepLabV3Plus, UNet
 
     cfg = resolve_model_config(cfg)
     encoder = build_encoder(cfg)
-    common = dict(
-        num_classes=cfg["num_classes"], norm=cfg["decoder_norm"], dropout_p=cfg["dropout_p"]
-    )
+    common = dict(num_classes=cfg["num_classes"], norm=cfg["decoder_norm"], dropout_p=cfg["dropout_p"])
     if cfg["arch"] == "unet":
         channels = cfg["decoder_channels"] or (256, 128, 64, 32, 16)
         model = UNet(encoder, decoder_channels=tuple(channels), **common)
     else:
         arch = DeepLabV3 if cfg["arch"] == "deeplabv3" else DeepLabV3Plus
         model = arch(
-            encoder, decoder_channels=cfg["decoder_channels"] or 256, decoder_dropout=cfg["decoder_dropout"], **common
+            encoder,
+            decoder_channels=cfg["decoder_channels"] or 256,
+            decoder_dropout=cfg["decoder_dropout"],
+            **common,
         )
     model.config = cfg
-    log.info("built %s/%s (%s): %.2fM parameters", cfg["arch"], cfg["encoder"], cfg["norm"], count_parameters(model) / 1e6)
+    log.info(
+        "built %s/%s (%s): %.2fM parameters",
+        cfg["arch"],
+        cfg["encoder"],
+        cfg["norm"],
+        count_parameters(model) / 1e6,
+    )
     return model
 
 

@@ -147,7 +147,9 @@ class TransitionBlock(nn.Module):
 class ConvBlock(nn.Module):
     """ReLU and a 2x2 KNConv (the classifier's final conv_block_f)."""
 
-    def __init__(self, in_channels: int, out_channels: int, padding: tuple[int, ...], dropout_p: float) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, padding: tuple[int, ...], dropout_p: float
+    ) -> None:
         super().__init__()
         self.relu = nn.ReLU()
         self.conv = KNConv2d(in_channels, out_channels, 2, padding=padding, dropout_p=dropout_p)
@@ -260,7 +262,9 @@ class KNResNetEncoder(_KNResNetBody, EncoderMixin):
         stage_channels += [s.channels for s in spec.stages[1:]]  # type: ignore[misc]
         if depth == 5:
             if spec.final_channels is not None:
-                self.conv_block_f = ConvBlock(self.body_channels, spec.final_channels, (1, 0, 1, 0), dropout_p)
+                self.conv_block_f = ConvBlock(
+                    self.body_channels, spec.final_channels, (1, 0, 1, 0), dropout_p
+                )
                 self.stage_blocks[3].append("conv_block_f")
                 stage_channels[-1] = spec.final_channels
             self.kn_f = KernelNorm2d1x1(dropout_p=_final_kn_dropout(dropout_p))
@@ -407,4 +411,6 @@ def register_smp_encoders() -> None:
     from segmentation_models_pytorch.encoders import encoders
 
     for name in SPECS:
-        encoders.setdefault(name, {"encoder": KNResNetEncoder, "pretrained_settings": {}, "params": {"name": name}})
+        encoders.setdefault(
+            name, {"encoder": KNResNetEncoder, "pretrained_settings": {}, "params": {"name": name}}
+        )

@@ -71,25 +71,51 @@ class KNConv2d(nn.Conv2d):
         self.pad4 = to_pad4(value)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.pad(x, self.pad4) if any(self.pad4) else x
         with _float32_stats(x):
             xf = x.to(stats_dtype(x))
-            # A per-sample shift leaves var unchanged and makes E[x^2] - E[x]^2 well conditioned.
-            shift = xf.detach().mean(dim=(1, 2, 3), keepdim=True)
             stats_src = F.dropout(xf, self.dropout_p, self.training) if self.dropout_p > 0 else xf
-            stats_src = stats_src - shift
+            # Everything is computed around a per-sample shift s (the mean of the unpadded input):
+            # conv(x - s) = conv(x) - s * sum(W) and the variance does not move, but E[x^2] - E[x]^2
+            # and conv(x) - mu * sum(W) stay well conditioned when activations carry a large mean.
+            shift = stats_src.detach().mean(dim=(1, 2, 3), keepdim=True)
+            stats_src = F.pad(stats_src, self.pad4) if any(self.pad4) else stats_src
+            centered = stats_src - shift
             moments = torch.cat(
-                [stats_src.mean(dim=1, keepdim=True), stats_src.square().mean(dim=1, keepdim=True)], dim=1
+                [centered.mean(dim=1, keepdim=True), centered.square().mean(dim=1, keepdim=True)], dim=1
             )
             moments = self._pool_window(moments)
             mean, sq_mean = moments[:, :1], moments[:, 1:]
             inv_std = torch.rsqrt((sq_mean - mean.square()).clamp_min(0.0) + self.eps)
+        x = F.pad(x, self.pad4) if any(self.pad4) else x
         conv = F.conv2d(x - shift.to(x.dtype), self.weight, None, self.stride, 0, self.dilation, self.groups)
         weight_sum = self.weight.to(mean.dtype).sum(dim=(1, 2, 3)).view(1, -1, 1, 1)
         out = (conv.to(mean.dtype) - mean * weight_sum) * inv_std
         if self.bias is not None:
             out = out + self.bias.to(mean.dtype).view(1, -1, 1, 1)
+        if self._has_padding_only_windows():
+            # A unit made only of padding normalizes to exact zeros (output = bias); the shifted
+            # formula would leave rounding noise there, amplified by 1 / sqrt(eps).
+            real = self._real_pixel_share(x)
+            bias = self.bias.to(out.dtype).view(1, -1, 1, 1) if self.bias is not None else out.new_zeros(())
+            out = torch.where(real > 0, out, bias)
         return out.to(conv.dtype)
+
+    def _has_padding_only_windows(self) -> bool:
+        left, right, top, bottom = self.pad4
+        extent_h = self.dilation[0] * (self.kernel_size[0] - 1) + 1
+        extent_w = self.dilation[1] * (self.kernel_size[1] - 1) + 1
+        return (
+            max(top, bottom) >= extent_h
+            or max(left, right) >= extent_w
+            or (self.dilation != (1, 1) and any(self.pad4))
+        )
+
+    def _real_pixel_share(self, x_padded: Tensor) -> Tensor:
+        """Share of real (not padded) pixels in each window, shape (1, 1, H', W')."""
+        left, right, top, bottom = self.pad4
+        h, w = x_padded.shape[2] - top - bottom, x_padded.shape[3] - left - right
+        mask = F.pad(x_padded.new_ones((1, 1, h, w), dtype=torch.float32), self.pad4)
+        return self._pool_window(mask.expand(1, 2, -1, -1))[:, :1]
 
     def _pool_window(self, moments: Tensor) -> Tensor:
         """Average the per-pixel moments over each (dilated) kh x kw window, at the conv's stride."""
@@ -102,7 +128,9 @@ class KNConv2d(nn.Conv2d):
         return F.conv2d(moments, window, None, stride, 0, dilation, groups=2)
 
     def extra_repr(self) -> str:
-        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        text = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        )
         if any(self.pad4):
             text += f", padding={self.padding}"
         if self.dilation != (1, 1):
@@ -128,7 +156,14 @@ class KNConv2d1x1(KNConv2d):
         eps: float = 1e-5,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, 1, stride=stride, groups=groups, bias=bias, dropout_p=dropout_p, eps=eps
+            in_channels,
+            out_channels,
+            1,
+            stride=stride,
+            groups=groups,
+            bias=bias,
+            dropout_p=dropout_p,
+            eps=eps,
         )
 
     def forward(self, x: Tensor) -> Tensor:
