@@ -119,7 +119,9 @@ class _float32_stats:
 
     def __init__(self, x: Tensor) -> None:
         self.device_type = x.device.type
-        self.active = torch.is_autocast_enabled(self.device_type)
+        self.active = torch.amp.is_autocast_available(self.device_type) and torch.is_autocast_enabled(
+            self.device_type
+        )
         self.ctx = torch.autocast(self.device_type, enabled=False) if self.active else None
 
     def __enter__(self) -> None:
