@@ -1,0 +1,201 @@
+"""Checkpoint files: atomic writes, safe (weights_only) reads, and RNG state capture."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "CheckpointError",
+    "capture_rng_state",
+    "load_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "segkn-checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("config", "model", "classes", "palette")
+# exact types that torch.load(weights_only=True) reads back (subclasses such as numpy.float64 are refused)
+_PLAIN_LEAVES = {type(None), bool, int, float, complex, str, bytes, torch.Size, torch.dtype, torch.device}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and what to do."""
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Raise TypeError naming the first value that torch.load(weights_only=True) could not read back."""
+    if type(obj) in (dict, OrderedDict):
+        for key, value in obj.items():
+            _check_plain(key, f"{where} key {key!r}")
+            _check_plain(value, f"{where}[{key!r}]")
+    elif type(obj) in (list, tuple, set):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+    elif type(obj) not in _PLAIN_LEAVES and not isinstance(obj, torch.Tensor):
+        raise TypeError(
+            f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}; a checkpoint holds only tensors "
+            "and plain values (convert it, e.g. with .tolist() or float())"
+        )
+
+
+def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
+    """Write `payload` (format and version are added) to `path` atomically: temp file, fsync, rename."""
+    path = Path(path)
+    data = {"format": FORMAT, "version": VERSION, **payload}
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing or data["format"] != FORMAT:
+        raise ValueError(f"checkpoint payload for {path} lacks {missing} or has format {data['format']!r}")
+    _check_plain(data, "checkpoint")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not possible on every platform
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _refusal_detail(err: pickle.UnpicklingError) -> str | None:
+    """The reason in torch's weights_only refusal message, or None if this is another unpickling error."""
+    text = str(err)
+    if "Weights only load failed" not in text:
+        return None
+    for paragraph in re.split(r"\n\s*\n", text):
+        reason = " ".join(paragraph.split()).partition("WeightsUnpickler error:")
+        reason = reason[2] if reason[1] else reason[0]
+        if "GLOBAL" in reason or "nsupported" in reason:
+            return reason.split(". Please")[0].strip().rstrip(".")
+    return "content other than tensors and plain values"
+
+
+def _describe_foreign(obj: Any) -> str:
+    """What a loaded object that is not a segkn checkpoint looks like, and what to do with it."""
+    if not isinstance(obj, dict):
+        return f"it holds a {type(obj).__name__}, not a segkn checkpoint dict"
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return (
+            f"it looks like a raw model state_dict ({len(obj)} tensors, first {next(iter(obj))!r}); "
+            "to start an encoder from it set model.encoder_weights=<file>"
+        )
+    if isinstance(obj.get("model"), dict):
+        return (
+            "it looks like a classifier training checkpoint with a 'model' state_dict (like the official "
+            "KNResNet ImageNet weights knresnet*_imagenet.pth); use it as model.encoder_weights=<file> "
+            "to initialize the encoder, not as a segkn checkpoint"
+        )
+    keys = ", ".join(repr(k) for k in list(obj)[:8])
+    return f"it is a dict with keys {keys} and no format {FORMAT!r}"
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a segkn checkpoint with torch.load(weights_only=True); CheckpointError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: checkpoint file not found" if not path.exists() else f"{path}: not a file"
+        )
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = _refusal_detail(err)
+        if detail is None:
+            raise CheckpointError(
+                f"{path}: cannot read the checkpoint, it is corrupt ({_first_line(err)})"
+            ) from None
+        raise CheckpointError(
+            f"{path}: refused by the safe loader (torch.load weights_only=True): {detail}. Nothing in the "
+            "file was executed. segkn checkpoints hold only tensors and plain values; this file holds other "
+            "Python objects or code, or is corrupt. Use weights_only=False only on files you trust."
+        ) from None
+    except MemoryError:
+        raise
+    except Exception as err:  # torch raises RuntimeError, EOFError, KeyError, ... for damaged files
+        raise CheckpointError(
+            f"{path}: cannot read the checkpoint; the file is truncated or corrupt, or is not a PyTorch file "
+            f"({_first_line(err)})"
+        ) from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a segkn checkpoint: {_describe_foreign(obj)}")
+    if not isinstance(obj.get("version"), int) or obj["version"] > VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {obj.get('version')!r} is newer than this segkn "
+            f"reads ({VERSION}); upgrade segkn"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete segkn checkpoint, missing {', '.join(missing)}")
+    return obj
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """States of the python, numpy, torch CPU and (if initialized) CUDA generators, as plain values."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Set the generators from a `capture_rng_state()` dict (tensors may sit on any device)."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    nps = state["numpy"]
+    keys = nps["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state((nps["kind"], keys, nps["pos"], nps["has_gauss"], nps["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+        else:
+            log.warning(
+                "CUDA RNG state saved for %d devices but %d are visible; CUDA RNG not restored",
+                len(cuda),
+                torch.cuda.device_count(),
+            )
