@@ -73,7 +73,7 @@ def resolve_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def build_encoder(cfg: Mapping[str, Any]) -> nn.Module:
     """The encoder named by a resolved model mapping, with its weights file loaded if one is given."""
     from segkn.models.knresnet import KNResNetEncoder, load_official_weights
-    from segkn.models.resnet import ResNetEncoder, load_resnet_weights
+    from segkn.models.resnet import ResNetEncoder
 
     output_stride = min(cfg["output_stride"], 2 ** cfg["encoder_depth"])
     common = dict(in_channels=cfg["in_channels"], depth=cfg["encoder_depth"], dropout_p=cfg["dropout_p"])
@@ -84,10 +84,30 @@ def build_encoder(cfg: Mapping[str, Any]) -> nn.Module:
     else:
         encoder = ResNetEncoder(cfg["encoder"], norm=cfg["norm"], **common)
         if cfg["encoder_weights"]:
-            load_resnet_weights(encoder, cfg["encoder_weights"])
+            load_encoder_state(encoder, cfg["encoder_weights"])
         if output_stride != 32:
             encoder.make_dilated(output_stride)
     return encoder
+
+
+def load_encoder_state(encoder: nn.Module, path: str) -> None:
+    """Load a plain (torchvision-layout) ResNet state dict into a baseline encoder; ``fc.*`` is dropped."""
+    from segkn.models.knresnet import WeightsError, official_key, read_weights_file
+
+    state = {
+        official_key(k): v
+        for k, v in read_weights_file(path).items()
+        if not k.endswith(("fc.weight", "fc.bias"))
+    }
+    own = encoder.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    bad = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        raise WeightsError(
+            f"{path}: does not match the {type(encoder).__name__} layout (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, wrong shape {bad[:3]})"
+        )
+    encoder.load_state_dict(state)
 
 
 def build_model(cfg: Mapping[str, Any]) -> nn.Module:

@@ -74,20 +74,22 @@ class KNConv2d(nn.Conv2d):
         with _float32_stats(x):
             xf = x.to(stats_dtype(x))
             stats_src = F.dropout(xf, self.dropout_p, self.training) if self.dropout_p > 0 else xf
-            # Everything is computed around a per-sample shift s (the mean of the unpadded input):
-            # conv(x - s) = conv(x) - s * sum(W) and the variance does not move, but E[x^2] - E[x]^2
-            # and conv(x) - mu * sum(W) stay well conditioned when activations carry a large mean.
+            # E[x^2] is taken around a per-sample shift s (the mean of the unpadded input), which
+            # leaves the variance unchanged and keeps E[(x-s)^2] - E[x-s]^2 well conditioned. The
+            # mean itself is not shifted, so that a unit of zeros (common after ReLU) gives exactly
+            # conv - mu * sum(W) = 0, as the definition does.
             shift = stats_src.detach().mean(dim=(1, 2, 3), keepdim=True)
             stats_src = F.pad(stats_src, self.pad4) if any(self.pad4) else stats_src
-            centered = stats_src - shift
             moments = torch.cat(
-                [centered.mean(dim=1, keepdim=True), centered.square().mean(dim=1, keepdim=True)], dim=1
+                [stats_src.mean(dim=1, keepdim=True), (stats_src - shift).square().mean(dim=1, keepdim=True)],
+                dim=1,
             )
             moments = self._pool_window(moments)
             mean, sq_mean = moments[:, :1], moments[:, 1:]
-            inv_std = torch.rsqrt((sq_mean - mean.square()).clamp_min(0.0) + self.eps)
+            var = (sq_mean - (mean - shift).square()).clamp_min(0.0)
+            inv_std = torch.rsqrt(var + self.eps)
         x = F.pad(x, self.pad4) if any(self.pad4) else x
-        conv = F.conv2d(x - shift.to(x.dtype), self.weight, None, self.stride, 0, self.dilation, self.groups)
+        conv = F.conv2d(x, self.weight, None, self.stride, 0, self.dilation, self.groups)
         weight_sum = self.weight.to(mean.dtype).sum(dim=(1, 2, 3)).view(1, -1, 1, 1)
         out = (conv.to(mean.dtype) - mean * weight_sum) * inv_std
         if self.bias is not None:
