@@ -77,7 +77,8 @@ def main() -> None:
     bn = torchvision.models.resnet18().to(device).train()
     times = compare({"KNResNet-18": step(kn, x), "BN ResNet-18": step(bn, x)}, args.repeats, device)
     print(
-        f"forward+backward, batch 2x3x224x224, {device}, {torch.get_num_threads()} threads, median of {args.repeats}"
+        f"forward+backward, batch 2x3x224x224, {device}, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats}"
     )
     for name, t in times.items():
         print(f"  {name:<14} {t * 1000:8.1f} ms")
