@@ -1,0 +1,72 @@
+"""Dataset factory: `build_dataset(data_cfg, split)` builds the dataset that `data_cfg["type"]` names."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from segkn.data.base import SegmentationDataset, Transform
+from segkn.data.cityscapes import CityscapesDataset
+from segkn.data.errors import DatasetError
+from segkn.data.folder import FolderDataset
+from segkn.data.shapes import ShapesDataset
+from segkn.data.voc import VOCDataset
+
+__all__ = ["DATASETS", "build_dataset"]
+
+logger = logging.getLogger(__name__)
+
+
+def _root(cfg: Mapping[str, Any]) -> Any:
+    if not cfg.get("root"):
+        raise DatasetError(
+            f"data.root is required for data.type {cfg['type']!r}: the folder holding the dataset"
+        )
+    return cfg["root"]
+
+
+def _shapes(cfg: Mapping[str, Any], split: str, transform: Transform | None) -> ShapesDataset:
+    length = cfg.get("length", {"train": 2000, "val": 200})
+    if isinstance(length, Mapping):
+        if split not in length:
+            raise DatasetError(f"data.length has no entry for split {split!r} (has: {', '.join(length)})")
+        length = length[split]
+    size = cfg.get("size", (128, 128))
+    return ShapesDataset(
+        split,
+        size=size if isinstance(size, int) else tuple(size),
+        length=int(length),
+        num_classes=int(cfg.get("num_classes", 5)),
+        seed=int(cfg.get("seed", 0)),
+        transform=transform,
+    )
+
+
+# type -> builder(data_cfg, split, transform); the keys each builder reads are listed beside it.
+DATASETS: dict[str, Callable[[Mapping[str, Any], str, Transform | None], SegmentationDataset]] = {
+    # root
+    "cityscapes": lambda cfg, split, tf: CityscapesDataset(_root(cfg), split, transform=tf),
+    # root (VOC2012, VOCdevkit or their parent); split may be trainaug
+    "voc": lambda cfg, split, tf: VOCDataset(_root(cfg), split, transform=tf),
+    # root, classes_file, splits (bool, default true: images/<split>/; false: images/ for every split)
+    "folder": lambda cfg, split, tf: FolderDataset(
+        _root(cfg), split if cfg.get("splits", True) else None, cfg.get("classes_file"), transform=tf
+    ),
+    # size, length (int or {split: int}), num_classes, seed
+    "shapes": _shapes,
+}
+
+
+def build_dataset(
+    data_cfg: Mapping[str, Any], split: str, transform: Transform | None = None
+) -> SegmentationDataset:
+    """Build the dataset ``data_cfg['type']`` for ``split`` (e.g. train, val, test, trainaug)."""
+    kind = data_cfg.get("type")
+    if not isinstance(kind, str) or kind not in DATASETS:
+        raise DatasetError(
+            f"data.type: unknown dataset type {kind!r}; choose one of: {', '.join(sorted(DATASETS))}"
+        )
+    dataset = DATASETS[kind](data_cfg, split, transform)
+    logger.info("%s split %r: %d samples, %d classes", kind, split, len(dataset), dataset.num_classes)
+    return dataset

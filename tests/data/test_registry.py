@@ -1,0 +1,41 @@
+from pathlib import Path
+
+import torch
+
+from segkn.data import (
+    CityscapesDataset,
+    FolderDataset,
+    SegmentationDataset,
+    ShapesDataset,
+    VOCDataset,
+    build_dataset,
+    build_transform,
+)
+from tests.data.builders import make_folder_tree
+
+
+def test_builds_each_type(cityscapes_root: Path, voc_root: Path, folder_root: Path) -> None:
+    cases = [
+        ({"type": "cityscapes", "root": str(cityscapes_root)}, CityscapesDataset, 4),
+        ({"type": "voc", "root": str(voc_root.parent.parent)}, VOCDataset, 3),
+        ({"type": "folder", "root": str(folder_root)}, FolderDataset, 3),
+        ({"type": "shapes", "length": {"train": 6, "val": 2}, "size": [64, 96]}, ShapesDataset, 6),
+    ]
+    for cfg, cls, length in cases:
+        dataset = build_dataset(cfg, "train")
+        assert isinstance(dataset, cls) and isinstance(dataset, SegmentationDataset)
+        assert len(dataset) == length
+        assert len(dataset.classes) == len(dataset.palette) == dataset.num_classes
+    assert build_dataset({"type": "shapes", "length": 5, "size": 64}, "val")[0][0].shape == (64, 64, 3)
+
+
+def test_folder_without_split_folders(tmp_path: Path) -> None:
+    root = make_folder_tree(tmp_path, splits=None)
+    dataset = build_dataset({"type": "folder", "root": root, "splits": False}, "val")
+    assert len(dataset) == 3 and dataset.split is None
+
+
+def test_transform_is_applied(voc_root: Path) -> None:
+    transform = build_transform({"crop_size": 16}, train=True)
+    image, mask = build_dataset({"type": "voc", "root": voc_root}, "val", transform=transform)[0]
+    assert image.shape == (3, 16, 16) and mask.shape == (16, 16) and mask.dtype == torch.int64
