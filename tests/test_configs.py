@@ -1,0 +1,22 @@
+from pathlib import Path
+
+import pytest
+
+from segkn.config import load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+
+def test_configs_are_shipped():
+    assert len(CONFIGS) >= 31
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_shipped_config_loads_and_names_what_it_is(path):
+    cfg = load_config(path)
+    if path.parent.name in ("cityscapes", "voc"):
+        assert cfg.data.type == path.parent.name
+        arch, encoder, norm = path.stem.split("_")[:3]
+        assert (cfg.model.arch, cfg.model.encoder, cfg.model.norm) == (arch, encoder, norm)
+        assert f"{cfg.train.iterations // 1000}k" in path.stem
+        assert "x".join(map(str, cfg.data.crop_size)) in path.stem
