@@ -131,6 +131,11 @@ def _eval_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", metavar="DIR", help="where eval_<split>.json/.txt go (default: the run directory)"
     )
+    parser.add_argument(
+        "--cityscapes-submission",
+        metavar="DIR",
+        help="instead of scoring, write full-resolution labelIds PNGs of the split (e.g. test) into DIR",
+    )
     return parser
 
 
@@ -185,6 +190,14 @@ def eval_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"eval: --checkpoint FILE is required with a config file ({target})")
         checkpoint = Path(args.checkpoint)
         out = Path(args.out) if args.out else checkpoint.parent
+    if args.cityscapes_submission:
+        from segkn.engine.submission import submission_from_checkpoint
+
+        written = submission_from_checkpoint(
+            cfg, checkpoint, args.split or cfg.data.val_split, args.cityscapes_submission
+        )
+        print(f"wrote {len(written)} labelIds PNGs to {args.cityscapes_submission}")
+        return 0
     report, table = evaluate_checkpoint(cfg, checkpoint, split=args.split, out_dir=out)
     if _is_rank0():
         print(f"{checkpoint} on {cfg.data.type} {report['split']} ({report['mode']}):")

@@ -1,0 +1,98 @@
+"""Cityscapes submission export: full-resolution labelIds PNGs that cityscapesScripts scores.
+
+``csEvalPixelLevelSemanticLabeling`` finds the prediction for ``<city>_<seq>_<frame>_gtFine_labelIds.png``
+by the pattern ``*<city>_<seq>_<frame>*.png`` in its results folder; segkn writes
+``<city>_<seq>_<frame>_leftImg8bit.png`` with Cityscapes label ids (not train ids) as 8-bit grey.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from segkn.data.cityscapes import CityscapesDataset, train_ids_to_label_ids
+from segkn.engine.evaluator import predict
+
+log = logging.getLogger(__name__)
+
+
+def write_png_atomic(path: Path, label_map: np.ndarray) -> None:
+    """Write an 8-bit PNG through a temp file and a rename, so no half-written file is left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        if not cv2.imwrite(tmp, label_map.astype(np.uint8)):
+            raise OSError(f"{path}: could not be written")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@torch.no_grad()
+def export_cityscapes_submission(
+    model: nn.Module,
+    dataset: CityscapesDataset,
+    out_dir: str | Path,
+    device: torch.device,
+    mode: str = "whole",
+    crop_size: Sequence[int] | None = None,
+    stride: Sequence[int] | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """Predict every image of ``dataset`` (eval transform) and write its labelIds PNG into ``out_dir``."""
+    if not isinstance(dataset, CityscapesDataset):
+        raise ValueError("a Cityscapes submission needs data.type: cityscapes")
+    out_dir = Path(out_dir)
+    model.eval()
+    written = []
+    for i in tqdm(range(len(dataset)), desc="submission", disable=not progress):
+        image, _ = dataset[i]
+        sample = dataset.samples[i]
+        height, width = cv2.imread(str(sample.image), cv2.IMREAD_UNCHANGED).shape[:2]
+        probs = predict(
+            model, image.unsqueeze(0).to(device), mode, crop_size, stride, scales, flip, (height, width)
+        )
+        train_ids = probs.argmax(1)[0].cpu().numpy()
+        name = Path(sample.image).name  # <city>_<seq>_<frame>_leftImg8bit.png
+        path = out_dir / name
+        write_png_atomic(path, train_ids_to_label_ids(train_ids))
+        written.append(path)
+    log.info("wrote %d labelIds PNGs to %s", len(written), out_dir)
+    return written
+
+
+def submission_from_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir: str | Path) -> list[Path]:
+    """Load ``checkpoint`` (its own model config) and export the Cityscapes ``split`` with ``cfg.eval``."""
+    from segkn.config import config_from_dict
+    from segkn.engine.checkpoint import CheckpointError, load_checkpoint
+    from segkn.engine.device import resolve_device
+    from segkn.engine.loaders import build_split
+    from segkn.models import build_model
+
+    ckpt = load_checkpoint(checkpoint)
+    model = build_model(config_from_dict(ckpt["config"], source=f"{checkpoint} (its config)").model.to_dict())
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{checkpoint}: weights do not fit its model: {str(err).splitlines()[0]}"
+        ) from None
+    device = resolve_device(cfg.train.device, 0)
+    dataset = build_split(cfg, split, train=False)
+    ev = cfg.eval
+    return export_cityscapes_submission(
+        model.to(device), dataset, out_dir, device, ev.mode, ev.crop_size, ev.stride, ev.scales, ev.flip
+    )
