@@ -37,7 +37,9 @@ def main() -> None:
                     expected = F.conv2d(units, layer.weight, layer.bias, stride=k)
                     kn_diff = max(kn_diff, (layer(x) - expected).abs().max().item())
                 x = _input(batch, dtype, seed=2)
-                expected = knconv_reference(x, layer.weight, layer.bias, layer.stride, layer.pad4, layer.dilation)
+                expected = knconv_reference(
+                    x, layer.weight, layer.bias, layer.stride, layer.pad4, layer.dilation
+                )
                 ref_diff = max(ref_diff, (layer(x) - expected).abs().max().item())
         worst[dtype] = max(worst.get(dtype, 0.0), kn_diff, ref_diff)
         kn_text = f"{kn_diff:.1e}" if dilation == 1 else "n/a"
