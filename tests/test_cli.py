@@ -117,7 +117,7 @@ def test_tools_wrapper_reports_errors_without_traceback(tmp_path):
 
 
 def test_demo_config_runs(tmp_path, capsys):
-    demo = ROOT / "configs" / "demo" / "shapes_unet_knresnet18.yaml"
+    demo = ROOT / "configs" / "demo" / "shapes_unet_knresnet18_kn_2k_64x64.yaml"
     short = ["train.iterations=2", "train.warmup_iters=1", "data.shapes_val_length=2", "eval.batch_size=2"]
     assert main(["train", str(demo), "--set", *short, "--run-dir", str(tmp_path / "demo")]) == 0
     assert "trained 2 iterations" in capsys.readouterr().out
