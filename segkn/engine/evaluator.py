@@ -249,6 +249,25 @@ def write_report(report: dict[str, Any], json_path: str | Path, table: str | Non
         _write_atomic(json_path.with_suffix(".txt"), table + "\n")
 
 
+def model_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a segkn checkpoint describes (its own model config), with its weights loaded."""
+    from segkn.models import build_model  # models are only needed here, not by `evaluate`
+
+    ckpt = load_checkpoint(checkpoint)
+    try:
+        model_cfg = config_from_dict(ckpt["config"], source=f"{checkpoint} (its config)").model
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    model = build_model(model_cfg.to_dict())
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{checkpoint}: weights do not fit its model: {str(err).splitlines()[0]}"
+        ) from None
+    return model, ckpt
+
+
 def evaluate_checkpoint(
     cfg: Config,
     checkpoint: str | Path,
@@ -262,7 +281,6 @@ def evaluate_checkpoint(
     and (on rank 0) writes them to ``out_dir/eval_<split>.json`` and ``.txt``. Under torchrun each
     process evaluates its share of the images.
     """
-    from segkn.models import build_model  # models are only needed here, not by `evaluate`
 
     split = split or cfg.data.val_split
     cuda = cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available())
@@ -270,24 +288,14 @@ def evaluate_checkpoint(
     info = distributed.init_distributed("cuda" if cuda else "cpu")
     try:
         device = resolve_device(cfg.train.device, info.local_rank)
-        ckpt = load_checkpoint(checkpoint)
-        try:
-            model_cfg = config_from_dict(ckpt["config"], source=f"{checkpoint} (its config)").model
-        except ConfigError as err:
-            raise CheckpointError(str(err)) from None
+        model, ckpt = model_from_checkpoint(checkpoint)
         dataset = build_split(cfg, split, train=False)
-        if model_cfg.num_classes != dataset.num_classes:
+        if model.config["num_classes"] != dataset.num_classes:
             raise CheckpointError(
-                f"{checkpoint}: the model predicts {model_cfg.num_classes} classes but the {cfg.data.type} "
-                f"split {split!r} has {dataset.num_classes}; evaluate it on the data it was trained for"
+                f"{checkpoint}: the model predicts {model.config['num_classes']} classes but the "
+                f"{cfg.data.type} split {split!r} has {dataset.num_classes}; evaluate it on the data it was "
+                "trained for"
             )
-        model = build_model(model_cfg.to_dict())
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as err:
-            raise CheckpointError(
-                f"{checkpoint}: weights do not fit its model: {str(err).splitlines()[0]}"
-            ) from None
         model.to(device)
         ev = cfg.eval
         log.info(

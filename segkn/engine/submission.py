@@ -76,20 +76,11 @@ def export_cityscapes_submission(
 
 def submission_from_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir: str | Path) -> list[Path]:
     """Load ``checkpoint`` (its own model config) and export the Cityscapes ``split`` with ``cfg.eval``."""
-    from segkn.config import config_from_dict
-    from segkn.engine.checkpoint import CheckpointError, load_checkpoint
     from segkn.engine.device import resolve_device
+    from segkn.engine.evaluator import model_from_checkpoint
     from segkn.engine.loaders import build_split
-    from segkn.models import build_model
 
-    ckpt = load_checkpoint(checkpoint)
-    model = build_model(config_from_dict(ckpt["config"], source=f"{checkpoint} (its config)").model.to_dict())
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{checkpoint}: weights do not fit its model: {str(err).splitlines()[0]}"
-        ) from None
+    model, _ = model_from_checkpoint(checkpoint)
     device = resolve_device(cfg.train.device, 0)
     dataset = build_split(cfg, split, train=False)
     ev = cfg.eval
