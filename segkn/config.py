@@ -6,9 +6,7 @@ import copy
 import dataclasses
 import difflib
 import math
-import os
 import re
-import secrets
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from segkn.atomic import atomic_open
 
 __all__ = [
     "Config",
@@ -474,16 +474,6 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write `cfg` as YAML atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        f.write(text)

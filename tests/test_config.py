@@ -177,7 +177,7 @@ def test_save_config_failure_leaves_old_file(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("segkn.config.os.fsync", boom)
+    monkeypatch.setattr("segkn.atomic.os.fsync", boom)
     with pytest.raises(OSError, match="disk full"):
         save_config(resolve(Config()), out)
     assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import random
 import re
-import secrets
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from segkn.atomic import atomic_open
 
 __all__ = [
     "FORMAT",
@@ -63,25 +63,8 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
     if missing or data["format"] != FORMAT:
         raise ValueError(f"checkpoint payload for {path} lacks {missing} or has format {data['format']!r}")
     _check_plain(data, "checkpoint")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not possible on every platform
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    with atomic_open(path, "wb") as f:
+        torch.save(data, f)
 
 
 def _first_line(err: BaseException) -> str:

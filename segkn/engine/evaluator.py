@@ -6,8 +6,6 @@ import contextlib
 import json
 import logging
 import math
-import os
-import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from segkn.atomic import atomic_open
 from segkn.config import Config, ConfigError, config_from_dict
 from segkn.engine import distributed
 from segkn.engine.checkpoint import CheckpointError, load_checkpoint
@@ -230,15 +229,8 @@ def metrics_report(cm: ConfusionMatrix, class_names: Sequence[str], **extra: Any
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        f.write(text)
 
 
 def write_report(report: dict[str, Any], json_path: str | Path, table: str | None = None) -> None:

@@ -8,8 +8,6 @@ by the pattern ``*<city>_<seq>_<frame>*.png`` in its results folder; segkn write
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from segkn.atomic import atomic_open
 from segkn.data.cityscapes import CityscapesDataset, train_ids_to_label_ids
 from segkn.engine.evaluator import predict
 
@@ -27,16 +26,11 @@ log = logging.getLogger(__name__)
 
 def write_png_atomic(path: Path, label_map: np.ndarray) -> None:
     """Write an 8-bit PNG through a temp file and a rename, so no half-written file is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        if not cv2.imwrite(tmp, label_map.astype(np.uint8)):
-            raise OSError(f"{path}: could not be written")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    ok, png = cv2.imencode(".png", label_map.astype(np.uint8))
+    if not ok:
+        raise OSError(f"{path}: could not be encoded as PNG")
+    with atomic_open(path, "wb") as f:
+        f.write(png.tobytes())
 
 
 @torch.no_grad()
