@@ -25,8 +25,9 @@ class SegmentationModel(nn.Module):
         h, w = x.shape[-2:]
         pad_h = (self.size_divisor - h % self.size_divisor) % self.size_divisor
         pad_w = (self.size_divisor - w % self.size_divisor) % self.size_divisor
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        # Padded unconditionally (a zero pad is a cheap copy): a shape test here would be frozen into
+        # an exported graph at the export sample's size.
+        x = F.pad(x, (0, pad_w, 0, pad_h))
         features = self.encoder(x)
         logits = self.head(self.decoder(features))
         if logits.shape[-2:] != x.shape[-2:]:
