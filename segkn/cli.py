@@ -139,6 +139,180 @@ def _eval_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _size(text: str) -> tuple[int, int]:
+    """``HxW`` (or one number for a square) as a pair of positive ints, for argparse."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected a size HxW such as 512x1024, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _infer_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT",
+        help="image files (PNG/JPEG/BMP/TIFF), folders (searched recursively) or glob patterns",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--checkpoint", metavar="FILE", help="segkn checkpoint (torch backend)")
+    parser.add_argument("--onnx", metavar="FILE", help="exported ONNX model (onnxruntime backend)")
+    parser.add_argument(
+        "--backend", choices=("torch", "onnxruntime"),
+        help="run the checkpoint in PyTorch or the ONNX file in ONNX Runtime (default: whichever is given)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--save", nargs="+", choices=("label", "color", "overlay"), default=["label", "color", "overlay"],
+        help="outputs to write, each into DIR/<output>/ (default: all three)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ids", choices=("train", "dataset"), default="train",
+        help="label map values: train ids (class indices), or the dataset's own ids such as Cityscapes "
+        "labelIds (default: train)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mode", choices=("whole", "slide"), help="whole image or sliding window (default: eval.mode)"
+    )
+    parser.add_argument(
+        "--crop-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="sliding window size (default: eval.crop_size)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="sliding window step (default: 2/3 of the window)",
+    )
+    parser.add_argument(
+        "--scales", type=float, nargs="+", metavar="S", help="multi-scale TTA, e.g. 0.75 1 1.25"
+    )
+    parser.add_argument(
+        "--flip", action="store_true", default=None, help="add horizontally flipped copies (TTA)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="images of one size run together (default: 1)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if present)"
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.5, help="overlay opacity of the colour mask (default: 0.5)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def infer_command(args: argparse.Namespace) -> int:
+    """Segment images with a checkpoint (PyTorch) or an ONNX file (ONNX Runtime); write outputs, summarize."""
+    from segkn.inference import Segmenter
+    from segkn.inference.batch import collect_images, segment_files
+
+    backend = args.backend or ("onnxruntime" if args.onnx and not args.checkpoint else "torch")
+    options = {
+        "mode": args.mode, "crop_size": args.crop_size, "stride": args.stride, "scales": args.scales,
+        "flip": args.flip,
+    }  # fmt: skip
+    if backend == "torch":
+        if not args.checkpoint:
+            raise ValueError("infer: the torch backend needs --checkpoint FILE (or give --onnx FILE)")
+        segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device, **options)
+    else:
+        if not args.onnx:
+            raise ValueError("infer: --backend onnxruntime needs --onnx FILE (export one with segkn export)")
+        segmenter = Segmenter.from_onnx(args.onnx, device=args.device, **options)
+    out = Path(args.out)
+    pairs = collect_images(args.inputs, exclude=out)
+    print(f"{len(pairs)} image(s); {segmenter!r}; backend {backend}", file=sys.stderr)
+    summary = segment_files(
+        segmenter, pairs, out, args.save, args.ids, args.batch_size, args.alpha, not args.no_progress
+    )
+    print(summary.text())
+    print(f"outputs: {', '.join(str(out / kind) for kind in args.save)}")
+    return 1 if summary.failed else 0
+
+
+def _export_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="segkn checkpoint to export")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--out", metavar="FILE", help="ONNX file to write (then verified, unless --no-verify)"
+    )
+    target.add_argument(
+        "--verify", metavar="FILE", help="only verify an existing export of --checkpoint against PyTorch"
+    )
+    parser.add_argument(
+        "--sample-size", type=int, nargs=2, metavar=("H", "W"),
+        help="export sample size; the graph takes any size (default: the config's data.crop_size)",
+    )  # fmt: skip
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default: 18)")
+    parser.add_argument("--fp16", action="store_true", help="export in float16 (verified with looser bounds)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check after export")
+    parser.add_argument(
+        "--verify-sizes", type=_size, nargs="+", metavar="HxW",
+        help="input sizes to verify at (default: the sample, one not a multiple of 32, one larger)",
+    )  # fmt: skip
+    parser.add_argument("--atol", type=float, help="max abs logit difference allowed (default: 1e-3)")
+    parser.add_argument(
+        "--min-agreement", type=float, help="least share of pixels with the same argmax (default: 0.999)"
+    )
+    return parser
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """Export a checkpoint to ONNX and verify it in ONNX Runtime; exit 1 when verification fails."""
+    from segkn.inference.export import export_checkpoint, verify_checkpoint
+
+    bounds = {"atol": args.atol, "min_agreement": args.min_agreement}
+    if args.verify:
+        report = verify_checkpoint(args.checkpoint, args.verify, sizes=args.verify_sizes, **bounds)
+        path = Path(args.verify)
+    else:
+        path, report = export_checkpoint(
+            args.checkpoint, args.out, sample_size=args.sample_size, opset=args.opset, fp16=args.fp16,
+            verify=not args.no_verify, verify_sizes=args.verify_sizes, **bounds,
+        )  # fmt: skip
+        print(f"exported {args.checkpoint} to {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    if report is None:
+        print("not verified (--no-verify)")
+        return 0
+    print(report.table())
+    if not report.passed:
+        print(
+            f"error: {path} does not match the PyTorch model within the bounds above; the file is kept for "
+            "inspection, do not deploy it",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"verified: ONNX Runtime matches PyTorch at {len(report.records)} input size(s)")
+    return 0
+
+
+def _publish_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("checkpoint", help="training checkpoint (e.g. runs/<name>/best.pth)")
+    parser.add_argument("out", help="release file to write")
+    parser.add_argument("--fp16", action="store_true", help="store floating-point weights as float16")
+    return parser
+
+
+def publish_command(args: argparse.Namespace) -> int:
+    """Strip a training checkpoint to a release file and print its size and sha256."""
+    from segkn.engine.checkpoint import publish_checkpoint
+    from segkn.inference.predictor import sha256_of
+
+    payload = publish_checkpoint(args.checkpoint, args.out, fp16=args.fp16)
+    size = Path(args.out).stat().st_size
+    print(f"wrote {args.out} ({size / 2**20:.2f} MiB, step {payload.get('step')})")
+    print(f"sha256 {sha256_of(args.out)}")
+    return 0
+
+
 def _is_rank0() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
@@ -215,11 +389,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     _zoo_parser(sub.add_parser("zoo", help="model-zoo demo: build models, run one on an image, print shapes"))
     _train_parser(sub.add_parser("train", help="train a model from a YAML config, or resume a run"))
     _eval_parser(sub.add_parser("eval", help="evaluate a checkpoint: mIoU and per-class IoU/Acc"))
+    _infer_parser(sub.add_parser("infer", help="segment images: label maps, colour masks, overlays"))
+    _export_parser(sub.add_parser("export", help="export a checkpoint to ONNX, verified in ONNX Runtime"))
+    _publish_parser(sub.add_parser("publish", help="strip a training checkpoint to a release file"))
     args = parser.parse_args(argv)
     quiet = args.command == "zoo" or not _is_rank0()
     level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")
-    commands = {"zoo": zoo, "train": train_command, "eval": eval_command}
+    commands = {
+        "zoo": zoo, "train": train_command, "eval": eval_command, "infer": infer_command,
+        "export": export_command, "publish": publish_command,
+    }  # fmt: skip
     try:
         return commands[args.command](args)
     except (

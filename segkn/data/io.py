@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from segkn.atomic import atomic_open
 from segkn.data.errors import DatasetError
 
-__all__ = ["read_image", "read_mask"]
+__all__ = ["read_image", "read_mask", "write_png"]
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -71,3 +72,27 @@ def read_mask(path: str | Path) -> np.ndarray:
             "(a palette or greyscale PNG whose pixel values are class indices, 255 = ignore)"
         )
     raise DatasetError(f"unsupported mask mode {mode!r} in {path}; save it as a palette or greyscale PNG")
+
+
+def write_png(path: str | Path, array: np.ndarray) -> None:
+    """Write a label map (H x W, 8 or 16 bit) or an RGB image (H x W x 3 uint8) as PNG, atomically.
+
+    Label maps with values above 255 are stored as 16-bit grey. The file appears whole or not at all.
+    """
+    path = Path(path)
+    if array.ndim == 3:
+        if array.shape[2] != 3 or array.dtype != np.uint8:
+            raise ValueError(f"{path}: expected H x W x 3 uint8 RGB, got {array.shape} {array.dtype}")
+        pixels = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    elif array.ndim == 2:
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise ValueError(f"{path}: label values must lie in 0..65535 to be stored as PNG")
+        wide = array.size and array.max() > 255
+        pixels = array.astype(np.uint16 if wide else np.uint8, copy=False)
+    else:
+        raise ValueError(f"{path}: expected an H x W label map or an H x W x 3 image, got {array.shape}")
+    ok, png = cv2.imencode(".png", pixels)
+    if not ok:
+        raise OSError(f"{path}: could not be encoded as PNG")
+    with atomic_open(path, "wb") as f:
+        f.write(png.tobytes())

@@ -22,6 +22,7 @@ __all__ = [
     "CheckpointError",
     "capture_rng_state",
     "load_checkpoint",
+    "publish_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
 ]
@@ -142,6 +143,26 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if missing:
         raise CheckpointError(f"{path}: incomplete segkn checkpoint, missing {', '.join(missing)}")
     return obj
+
+
+# what a released checkpoint keeps: enough to rebuild, run and describe the model, no training state
+PUBLISHED_KEYS = ("config", "model", "classes", "palette", "step", "best")
+
+
+def publish_checkpoint(src: str | Path, dst: str | Path, fp16: bool = False) -> dict[str, Any]:
+    """Write a release copy of a training checkpoint: weights, config, classes, palette, step and best.
+
+    Optimizer, scheduler, scaler and RNG state are left out; with ``fp16`` floating-point weights are
+    stored as float16 (they load back into float32 models). Returns the written payload.
+    """
+    ckpt = load_checkpoint(src)
+    payload = {k: ckpt[k] for k in PUBLISHED_KEYS if k in ckpt}
+    if fp16:
+        payload["model"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    if Path(dst).resolve() == Path(src).resolve():
+        raise CheckpointError(f"{dst}: write the release copy to a new file, not over the checkpoint itself")
+    save_checkpoint(dst, payload)
+    return payload
 
 
 def capture_rng_state() -> dict[str, Any]:

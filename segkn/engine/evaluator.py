@@ -250,7 +250,9 @@ def model_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, dict[str, 
         model_cfg = config_from_dict(ckpt["config"], source=f"{checkpoint} (its config)").model
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
-    model = build_model(model_cfg.to_dict())
+    # The checkpoint holds every weight: the encoder initialization file it was trained from is not
+    # needed (nor, on another machine, present).
+    model = build_model({**model_cfg.to_dict(), "encoder_weights": None})
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

@@ -12,25 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from segkn.atomic import atomic_open
 from segkn.data.cityscapes import CityscapesDataset, train_ids_to_label_ids
+from segkn.data.io import write_png
 from segkn.engine.evaluator import predict
 
 log = logging.getLogger(__name__)
-
-
-def write_png_atomic(path: Path, label_map: np.ndarray) -> None:
-    """Write an 8-bit PNG through a temp file and a rename, so no half-written file is left."""
-    ok, png = cv2.imencode(".png", label_map.astype(np.uint8))
-    if not ok:
-        raise OSError(f"{path}: could not be encoded as PNG")
-    with atomic_open(path, "wb") as f:
-        f.write(png.tobytes())
 
 
 @torch.no_grad()
@@ -62,7 +52,7 @@ def export_cityscapes_submission(
         train_ids = probs.argmax(1)[0].cpu().numpy()
         name = Path(sample.image).name  # <city>_<seq>_<frame>_leftImg8bit.png
         path = out_dir / name
-        write_png_atomic(path, train_ids_to_label_ids(train_ids))
+        write_png(path, train_ids_to_label_ids(train_ids))
         written.append(path)
     log.info("wrote %d labelIds PNGs to %s", len(written), out_dir)
     return written

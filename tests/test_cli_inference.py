@@ -1,0 +1,134 @@
+"""`segkn infer` / `tools/infer.py` and `segkn publish` end to end on generated images."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from segkn.cli import main
+from segkn.data.io import read_mask
+from segkn.inference import Segmenter
+from tests.inference.conftest import write_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    yield
+
+
+def _image(path: Path, h: int, w: int, channels: int, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, channels), dtype=np.uint8)
+    assert cv2.imwrite(str(path), pixels[:, :, 0] if channels == 1 else pixels)
+    return path
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """Colour JPEG, grey PNG in a sub-folder, RGBA PNG, BMP, TIFF and a corrupt JPEG."""
+    d = tmp_path / "in"
+    return {
+        "a": _image(d / "photos" / "a.jpg", 30, 40, 3, 0),
+        "b": _image(d / "photos" / "nested" / "b.png", 26, 19, 1, 1),
+        "rgba": _image(d / "rgba.png", 33, 21, 4, 2),
+        "c": _image(d / "c.bmp", 30, 40, 3, 3),
+        "d": _image(d / "d.tiff", 24, 24, 3, 4),
+        "corrupt": d / "corrupt.jpg",
+    }
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not any("Traceback" in line for line in err)
+    return err[-1]
+
+
+def test_infer_files_folders_globs_grey_rgba_and_a_corrupt_image(tmp_path, inputs, capsys):
+    inputs["corrupt"].write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    d, out = tmp_path / "in", tmp_path / "out"
+    argv = ["infer", "--checkpoint", str(ckpt), str(d / "photos"), str(d / "*.png"), str(inputs["c"])]
+    argv += [
+        str(inputs["d"]),
+        str(inputs["corrupt"]),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
+    assert main(argv) == 1  # one image could not be read; the others are done
+    captured = capsys.readouterr()
+    assert "segmented 5 image(s)" in captured.out
+    assert "1 image(s) could not be read" in captured.out and "corrupt.jpg" in captured.out
+    seg = Segmenter.from_checkpoint(ckpt, device="cpu")
+    expected = {"a.png": "a", "nested/b.png": "b", "rgba.png": "rgba", "c.png": "c", "d.png": "d"}
+    for name, key in expected.items():
+        labels = read_mask(out / "label" / name)
+        np.testing.assert_array_equal(labels, seg.predict(inputs[key]))
+        assert cv2.imread(str(out / "color" / name)).shape[:2] == labels.shape
+        assert cv2.imread(str(out / "overlay" / name)).shape[:2] == labels.shape
+    written = sorted(str(p.relative_to(out / "label")) for p in (out / "label").rglob("*.png"))
+    assert written == sorted(expected)
+
+
+def test_tools_infer_script_runs(tmp_path, inputs):
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "tools" / "infer.py"), "--checkpoint", str(ckpt), str(inputs["a"])]
+    cmd += ["--out", str(out), "--save", "label", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "segmented 1 image(s)" in done.stdout
+    assert (out / "label" / "a.png").is_file() and not (out / "color").exists()
+
+
+def test_infer_refuses_a_malicious_checkpoint_and_writes_nothing(tmp_path, inputs, capsys):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch '{marker}'",))
+
+    payload = torch.load(write_tiny_checkpoint(tmp_path / "tiny.pth"), weights_only=True)
+    payload["palette"] = Exploit()
+    torch.save(payload, tmp_path / "evil.pth")
+    out = tmp_path / "out"
+    assert (
+        main(["infer", "--checkpoint", str(tmp_path / "evil.pth"), str(inputs["a"]), "--out", str(out)]) == 2
+    )
+    line = _error_line(capsys)
+    assert line.startswith("error: ") and "evil.pth" in line and "refused" in line
+    assert not marker.exists() and not out.exists()
+
+
+def test_infer_usage_errors(tmp_path, inputs, capsys):
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    out = str(tmp_path / "out")
+    assert (
+        main(["infer", "--backend", "onnxruntime", "--checkpoint", str(ckpt), str(inputs["a"]), "--out", out])
+        == 2
+    )
+    assert "needs --onnx" in _error_line(capsys)
+    assert main(["infer", "--checkpoint", str(ckpt), str(tmp_path / "nothing.png"), "--out", out]) == 2
+    assert "nothing.png: no such image file or folder" in _error_line(capsys)
+    assert main(["infer", str(inputs["a"]), "--out", out]) == 2
+    assert "--checkpoint" in _error_line(capsys)
+    assert not Path(out).exists()
+
+
+def test_publish_prints_the_sha256_of_the_release_file(tmp_path, capsys):
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    assert main(["publish", str(ckpt), str(tmp_path / "release.pth")]) == 0
+    out = capsys.readouterr().out
+    digest = hashlib.sha256((tmp_path / "release.pth").read_bytes()).hexdigest()
+    assert f"sha256 {digest}" in out and "step 7" in out
