@@ -313,6 +313,36 @@ def publish_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shapes_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("out", help="folder to write images/<split>/, masks/<split>/ and classes.yaml into")
+    parser.add_argument("--split", default="test", help="split name; test scenes are unseen by the demo")
+    parser.add_argument("--count", type=int, default=8, help="number of scenes (default: 8)")
+    parser.add_argument(
+        "--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"), help="image size (default: 64 64)"
+    )
+    parser.add_argument(
+        "--num-classes", type=int, default=3, help="background + shape kinds, 2..7 (default: 3, as the demo)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    return parser
+
+
+def shapes_command(args: argparse.Namespace) -> int:
+    """Write synthetic shapes scenes to disk as a folder dataset (inputs for infer, or data.type folder)."""
+    from segkn.data.shapes import write_shapes_folder
+
+    if args.count < 1:
+        raise ValueError(f"--count must be at least 1, got {args.count}")
+    images = write_shapes_folder(
+        args.out, args.split, args.count, tuple(args.size), args.num_classes, args.seed
+    )
+    print(
+        f"wrote {len(images)} images to {Path(args.out) / 'images' / args.split}, their label maps to "
+        f"{Path(args.out) / 'masks' / args.split} and {Path(args.out) / 'classes.yaml'}"
+    )
+    return 0
+
+
 def _is_rank0() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
@@ -392,13 +422,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _infer_parser(sub.add_parser("infer", help="segment images: label maps, colour masks, overlays"))
     _export_parser(sub.add_parser("export", help="export a checkpoint to ONNX, verified in ONNX Runtime"))
     _publish_parser(sub.add_parser("publish", help="strip a training checkpoint to a release file"))
+    _shapes_parser(sub.add_parser("shapes", help="write synthetic shapes scenes to disk (demo images)"))
     args = parser.parse_args(argv)
     quiet = args.command == "zoo" or not _is_rank0()
     level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     commands = {
         "zoo": zoo, "train": train_command, "eval": eval_command, "infer": infer_command,
-        "export": export_command, "publish": publish_command,
+        "export": export_command, "publish": publish_command, "shapes": shapes_command,
     }  # fmt: skip
     try:
         return commands[args.command](args)

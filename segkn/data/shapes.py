@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 
 from segkn.data.base import Sample, SegmentationDataset, Transform
 from segkn.data.errors import DatasetError
 
-__all__ = ["SHAPE_KINDS", "ShapesDataset"]
+__all__ = ["SHAPE_KINDS", "ShapesDataset", "write_shapes_folder"]
 
 SHAPE_KINDS = ("circle", "rectangle", "triangle", "ring", "star", "cross")
 _PALETTE = (
@@ -204,3 +206,33 @@ def _shape_mask(rng: np.random.Generator, kind: str, height: int, width: int, sc
     else:  # pragma: no cover - kinds come from SHAPE_KINDS
         raise AssertionError(kind)
     return mask.astype(bool)
+
+
+def write_shapes_folder(
+    out: str | Path,
+    split: str = "test",
+    count: int = 8,
+    size: tuple[int, int] = (64, 64),
+    num_classes: int = 3,
+    seed: int = 0,
+) -> list[Path]:
+    """Write ``count`` shapes scenes of ``split`` as a folder dataset; return the image files.
+
+    Layout: ``out/images/<split>/shapes_<split>_NNNN.png``, the label maps under ``out/masks/<split>/``
+    and ``out/classes.yaml``, which ``data.type: folder`` reads; the images are also inputs for
+    ``segkn infer``. A split other than train and val holds scenes no demo run has seen.
+    """
+    from segkn.data.io import write_png
+
+    dataset = ShapesDataset(split, size, count, num_classes, seed)
+    out = Path(out)
+    images = []
+    for index in range(count):
+        image, mask = dataset.load(index)
+        name = f"shapes_{split}_{index:04d}.png"
+        write_png(out / "masks" / split / name, mask)
+        write_png(out / "images" / split / name, image)
+        images.append(out / "images" / split / name)
+    classes = {"classes": list(dataset.classes), "palette": [list(c) for c in dataset.palette]}
+    (out / "classes.yaml").write_text(yaml.safe_dump(classes, default_flow_style=None, sort_keys=False))
+    return images

@@ -57,3 +57,19 @@ def test_colour_does_not_give_the_class_away() -> None:
 def test_bad_arguments(kwargs: dict) -> None:
     with pytest.raises(DatasetError, match="shapes"):
         ShapesDataset("train", **kwargs)
+
+
+def test_write_shapes_folder_is_a_folder_dataset(tmp_path):
+    from segkn.data.folder import FolderDataset
+    from segkn.data.shapes import write_shapes_folder
+
+    images = write_shapes_folder(tmp_path / "demo", split="test", count=3, size=(40, 48), num_classes=4)
+    assert [p.name for p in images] == [f"shapes_test_000{i}.png" for i in range(3)]
+    folder = FolderDataset(tmp_path / "demo", split="test")
+    generated = ShapesDataset("test", (40, 48), 3, num_classes=4)
+    assert folder.classes == generated.classes and folder.palette == generated.palette
+    for i in range(3):
+        image, mask = folder[i]
+        expected_image, expected_mask = generated[i]
+        np.testing.assert_array_equal(image, expected_image)
+        np.testing.assert_array_equal(mask, expected_mask)

@@ -1,0 +1,47 @@
+"""The committed demo checkpoint: its recorded sha256, its size, its format and that it really segments."""
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segkn.data.shapes import ShapesDataset
+from segkn.engine.checkpoint import load_checkpoint
+from segkn.engine.metrics import ConfusionMatrix
+from segkn.inference import Segmenter
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "weights" / "shapes_unet_knresnet18_kn_2k_64x64.pth"
+
+
+def test_demo_checkpoint_matches_the_sha256_in_weights_readme():
+    readme = (ROOT / "weights" / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith(f"| `{DEMO.name}`"))
+    recorded = re.search(r"`([0-9a-f]{64})`", row).group(1)
+    assert hashlib.sha256(DEMO.read_bytes()).hexdigest() == recorded
+    assert DEMO.stat().st_size <= 25 * 2**20
+
+
+def test_demo_checkpoint_is_a_release_file_of_the_demo_config():
+    ckpt = load_checkpoint(DEMO)
+    assert ckpt["classes"] == ["background", "circle", "rectangle"]
+    assert not {"optimizer", "scheduler", "scaler", "rng"} & set(ckpt)
+    model = ckpt["config"]["model"]
+    assert (model["arch"], model["encoder"], model["norm"], model["encoder_depth"]) == (
+        "unet",
+        "knresnet18",
+        "kn",
+        3,
+    )
+
+
+def test_demo_checkpoint_segments_unseen_scenes(one_thread):
+    seg = Segmenter.from_checkpoint(DEMO, device="cpu")
+    scenes = ShapesDataset("test", (64, 64), 16, num_classes=3)
+    cm = ConfusionMatrix(3)
+    images, masks = zip(*(scenes.load(i) for i in range(len(scenes))), strict=True)
+    for labels, mask in zip(seg.predict_batch(images, batch_size=8), masks, strict=True):
+        cm.update(torch.from_numpy(labels), torch.from_numpy(np.asarray(mask)))
+    assert cm.compute()["miou"] > 0.75, cm.table(list(seg.classes))
