@@ -290,7 +290,8 @@ def export_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"verified: ONNX Runtime matches PyTorch at {len(report.records)} input size(s)")
+    sizes = ", ".join(f"{h}x{w}" for h, w in report.sizes)
+    print(f"verified: ONNX Runtime matches PyTorch on {len(report.records)} images at sizes {sizes}")
     return 0
 
 
@@ -426,7 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet = args.command == "zoo" or not _is_rank0()
     level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    # segkn's own messages at `level`; other libraries' (the ONNX exporter's, ...) only when they warn
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("segkn").setLevel(level)
     commands = {
         "zoo": zoo, "train": train_command, "eval": eval_command, "infer": infer_command,
         "export": export_command, "publish": publish_command, "shapes": shapes_command,

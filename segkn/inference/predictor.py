@@ -139,11 +139,15 @@ class Segmenter:
 
         model = OnnxModel(path, device=str(device))
         meta = model.metadata
-        options.setdefault("label_ids", meta.get("segkn.label_ids"))
+        missing = [k for k in ("config", "classes", "palette") if k not in meta]
+        if missing:
+            raise ValueError(f"{path}: its segkn metadata lacks {', '.join(missing)}; export it again")
+        options.setdefault("label_ids", meta.get("label_ids"))
+        options.setdefault("amp", "off")  # the exported graph fixes its own precision
+        # ONNX Runtime places the work itself (CUDA provider or CPU); tensors are handed over on the CPU.
         return cls(
-            model, meta["segkn.config"], meta["segkn.classes"], meta["segkn.palette"], "cpu",
-            source=str(path), **options,
-        )  # fmt: skip
+            model, meta["config"], meta["classes"], meta["palette"], "cpu", source=str(path), **options
+        )
 
     # -- inference ---------------------------------------------------------------------------------
 
