@@ -93,13 +93,13 @@ class DataConfig(_Section):
     hflip: bool = True
     photometric: bool = True
     normalize: Literal["none", "imagenet"] | None = None  # null: "none" for norm kn, else "imagenet"
-    eval_resize: list[int] | None = _field(None, len=2, min=1)  # [h, w] keep-ratio bound; null: as is
+    eval_resize: list[int] | None = _field(None, len=2, min=1)  # eval images resized to [h, w]; null: as is
     num_workers: int = _field(2, min=0)
     shapes_size: list[int] = _field([128, 128], len=2, min=32)  # [h, w] of generated images
     shapes_train_length: int = _field(2000, min=1)
     shapes_val_length: int = _field(200, min=1)
     shapes_num_classes: int = _field(5, min=2, max=7)  # background + up to 6 shape kinds
-    classes_file: str | None = None  # folder datasets: text file with one class name per line
+    classes_file: str | None = None  # folder datasets: YAML with classes (+ palette); null: root/classes.yaml
 
 
 @dataclass
@@ -431,6 +431,8 @@ def _check_consistency(cfg: Config, source: str) -> None:
     if model.arch == "deeplabv3plus" and model.encoder_depth < 3:
         fail("model.encoder_depth", f"deeplabv3plus needs encoder_depth >= 3, got {model.encoder_depth}")
     channels = model.decoder_channels
+    if model.arch == "unet" and channels is not None and not isinstance(channels, list):
+        fail("model.decoder_channels", f"unet takes a list, one value per encoder stage, got {channels}")
     if model.arch == "unet" and isinstance(channels, list) and len(channels) != model.encoder_depth:
         fail("model.decoder_channels", f"unet needs one value per encoder stage ({model.encoder_depth})")
     if model.arch != "unet" and isinstance(channels, list):

@@ -120,6 +120,7 @@ def test_unknown_override_key(tmp_path):
         ("train: 3\n", "expected a mapping of keys at 'train', got 3"),
         ("- a\n- b\n", "expected a mapping of keys at the top level"),
         ("model:\n  arch: unet\n  decoder_channels: [8, 8]\n", "unet needs one value per encoder stage"),
+        ("model:\n  arch: unet\n  decoder_channels: 16\n", "unet takes a list, one value per encoder stage"),
         ("model:\n  norm: gn\n", "model.norm: knresnet18 is kernel normalized by design"),
         ("model:\n  encoder_depth: 2\n", "deeplabv3plus needs encoder_depth >= 3"),
         ("model:\n  dropout_p: 1.0\n", "model.dropout_p: must be < 1.0"),

@@ -63,6 +63,9 @@ def resolve_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"model.output_stride: expected 8, 16 or 32, got {out['output_stride']!r}")
     if out["encoder_depth"] not in (1, 2, 3, 4, 5):
         raise ValueError(f"model.encoder_depth: expected 1..5, got {out['encoder_depth']!r}")
+    channels = out["decoder_channels"]
+    if out["arch"] == "unet" and channels is not None and not isinstance(channels, list | tuple):
+        raise ValueError(f"model.decoder_channels: unet takes one value per encoder stage, got {channels}")
     if out["arch"] == "deeplabv3plus" and out["encoder_depth"] < 3:
         raise ValueError("model.encoder_depth: deeplabv3plus needs encoder_depth >= 3")
     if not 0.0 <= float(out["dropout_p"]) < 1.0 or not 0.0 <= float(out["decoder_dropout"]) < 1.0:
