@@ -132,3 +132,77 @@ def test_publish_prints_the_sha256_of_the_release_file(tmp_path, capsys):
     out = capsys.readouterr().out
     digest = hashlib.sha256((tmp_path / "release.pth").read_bytes()).hexdigest()
     assert f"sha256 {digest}" in out and "step 7" in out
+
+
+DEMO = ROOT / "weights" / "shapes_unet_knresnet18_kn_2k_64x64.pth"
+
+
+@pytest.fixture(scope="module")
+def demo_onnx(tmp_path_factory):
+    """The demo checkpoint exported with `segkn export` (verified at its default sizes)."""
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("onnx") / "shapes_demo.onnx"
+    assert main(["export", "--checkpoint", str(DEMO), "--out", str(path)]) == 0
+    return path
+
+
+def test_torch_and_onnxruntime_backends_write_identical_label_maps(tmp_path, demo_onnx, capsys):
+    assert main(["shapes", str(tmp_path / "scenes"), "--count", "6"]) == 0
+    _image(tmp_path / "scenes" / "images" / "test" / "wide.png", 150, 230, 3, 5)  # larger, odd size
+    _image(tmp_path / "scenes" / "images" / "test" / "grey.png", 61, 77, 1, 6)
+    inputs = str(tmp_path / "scenes" / "images")
+    for backend, model in [
+        ("torch", ["--checkpoint", str(DEMO)]),
+        ("onnxruntime", ["--onnx", str(demo_onnx)]),
+    ]:
+        argv = [
+            "infer",
+            "--backend",
+            backend,
+            *model,
+            inputs,
+            "--out",
+            str(tmp_path / backend),
+            "--no-progress",
+        ]
+        assert main(argv) == 0
+        assert "segmented 8 image(s)" in capsys.readouterr().out
+    names = sorted(p.relative_to(tmp_path / "torch") for p in (tmp_path / "torch").rglob("*.png"))
+    assert len(names) == 3 * 8
+    for name in names:  # label maps, colour masks and overlays, byte for byte
+        assert (tmp_path / "torch" / name).read_bytes() == (tmp_path / "onnxruntime" / name).read_bytes(), (
+            name
+        )
+    labels = read_mask(tmp_path / "torch" / "label" / "test" / "shapes_test_0000.png")
+    assert set(np.unique(labels)) <= {0, 1, 2} and len(np.unique(labels)) > 1
+
+    # sliding window with flip and two scales: windows go through the exported graph in batches
+    wide = str(tmp_path / "scenes" / "images" / "test" / "wide.png")
+    tta = ["--mode", "slide", "--crop-size", "64", "64", "--scales", "1", "1.5", "--flip", "--save", "label"]
+    for backend, model in [
+        ("torch", ["--checkpoint", str(DEMO)]),
+        ("onnxruntime", ["--onnx", str(demo_onnx)]),
+    ]:
+        assert (
+            main(["infer", *model, wide, "--out", str(tmp_path / f"{backend}_tta"), *tta, "--no-progress"])
+            == 0
+        )
+    torch_tta = read_mask(tmp_path / "torch_tta" / "label" / "wide.png")
+    np.testing.assert_array_equal(torch_tta, read_mask(tmp_path / "onnxruntime_tta" / "label" / "wide.png"))
+    assert torch_tta.shape == (150, 230)
+
+
+def test_export_verify_an_existing_file(demo_onnx, tmp_path, capsys):
+    assert (
+        main(["export", "--checkpoint", str(DEMO), "--verify", str(demo_onnx), "--verify-sizes", "40x72"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "40x72" in out and "verified" in out
+    argv = ["export", "--checkpoint", str(DEMO), "--verify", str(demo_onnx), "--verify-sizes", "40x72"]
+    assert main([*argv, "--atol", "1e-12"]) == 1  # bounds nothing can meet: verification must fail
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out and "do not deploy it" in captured.err
+    other = write_tiny_checkpoint(tmp_path / "other.pth")
+    assert main(["export", "--checkpoint", str(other), "--verify", str(demo_onnx)]) == 2
+    assert "sha256" in _error_line(capsys)
