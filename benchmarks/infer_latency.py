@@ -75,9 +75,7 @@ def main() -> None:
     for name, values in times.items():
         print(f"| {name} | {statistics.median(values):.1f} | {min(values):.1f} | {max(values):.1f} |")
     ratio = statistics.median(times["PyTorch"]) / statistics.median(times["ONNX Runtime"])
-    print(
-        f"PyTorch / ONNX Runtime: {ratio:.2f}; label maps agree on {100 * agreement:.3f}% of pixels"
-    )
+    print(f"PyTorch / ONNX Runtime: {ratio:.2f}; label maps agree on {100 * agreement:.3f}% of pixels")
 
 
 if __name__ == "__main__":
