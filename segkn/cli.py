@@ -304,13 +304,12 @@ def _publish_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def publish_command(args: argparse.Namespace) -> int:
     """Strip a training checkpoint to a release file and print its size and sha256."""
-    from segkn.engine.checkpoint import publish_checkpoint
-    from segkn.inference.predictor import sha256_of
+    from segkn.engine.checkpoint import file_sha256, publish_checkpoint
 
     payload = publish_checkpoint(args.checkpoint, args.out, fp16=args.fp16)
     size = Path(args.out).stat().st_size
     print(f"wrote {args.out} ({size / 2**20:.2f} MiB, step {payload.get('step')})")
-    print(f"sha256 {sha256_of(args.out)}")
+    print(f"sha256 {file_sha256(args.out)}")
     return 0
 
 

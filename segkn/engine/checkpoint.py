@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import random
@@ -21,6 +22,7 @@ __all__ = [
     "VERSION",
     "CheckpointError",
     "capture_rng_state",
+    "file_sha256",
     "load_checkpoint",
     "publish_checkpoint",
     "restore_rng_state",
@@ -34,6 +36,15 @@ VERSION = 1
 REQUIRED_KEYS = ("config", "model", "classes", "palette")
 # exact types that torch.load(weights_only=True) reads back (subclasses such as numpy.float64 are refused)
 _PLAIN_LEAVES = {type(None), bool, int, float, complex, str, bytes, torch.Size, torch.dtype, torch.device}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class CheckpointError(ValueError):

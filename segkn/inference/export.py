@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -20,6 +19,8 @@ import torch
 from torch import nn
 
 from segkn.atomic import atomic_open
+from segkn.data.registry import dataset_label_ids
+from segkn.engine.checkpoint import file_sha256
 from segkn.inference.runtime import (
     FORMAT,
     FORMAT_VERSION,
@@ -67,15 +68,6 @@ FP16_MIN_AGREEMENT = 0.85
 # --- metadata ---------------------------------------------------------------------------------------
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _model_config(model: nn.Module) -> dict[str, Any]:
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, Mapping) or "num_classes" not in cfg or not hasattr(model, "size_divisor"):
@@ -111,12 +103,8 @@ def _input_sentence(normalize: dict[str, list[float]] | None, dtype: str) -> str
 
 def _label_ids(config: Mapping[str, Any] | None, num_classes: int) -> list[int] | None:
     data = (config or {}).get("data") or {}
-    if data.get("type") != "cityscapes":
-        return None
-    from segkn.data.cityscapes import _TRAIN_ID_TO_LABEL_ID
-
-    ids = [int(v) for v in _TRAIN_ID_TO_LABEL_ID]
-    return ids if len(ids) == num_classes else None
+    ids = dataset_label_ids(str(data.get("type", "")))
+    return ids if ids is not None and len(ids) == num_classes else None
 
 
 def build_metadata(

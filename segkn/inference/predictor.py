@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -16,33 +15,16 @@ from torch import Tensor
 from segkn.config import ConfigError, config_from_dict
 from segkn.data.errors import DatasetError
 from segkn.data.io import read_image
+from segkn.data.registry import dataset_label_ids
 from segkn.data.transforms import build_transform
 from segkn.engine.device import amp_dtype, resolve_device
 from segkn.engine.evaluator import predict
 
-__all__ = ["Segmenter", "as_rgb", "dataset_label_ids", "sha256_of"]
+__all__ = ["Segmenter", "as_rgb"]
 
 log = logging.getLogger(__name__)
 
 Image = np.ndarray | str | Path
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def dataset_label_ids(data_type: str) -> list[int] | None:
-    """The dataset's own label id of each train id (Cityscapes labelIds), or None where they coincide."""
-    if data_type == "cityscapes":
-        from segkn.data.cityscapes import train_ids_to_label_ids
-
-        return [int(v) for v in train_ids_to_label_ids(np.arange(19))]
-    return None
 
 
 def as_rgb(image: Image) -> np.ndarray:
