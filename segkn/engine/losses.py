@@ -13,8 +13,8 @@ __all__ = ["SegmentationLoss"]
 class SegmentationLoss(nn.Module):
     """``CE + dice_weight * Dice + lovasz_weight * Lovasz`` on logits (N, K, H, W) and labels (N, H, W).
 
-    Pixels labelled ``ignore_index`` take no part. The cross-entropy is the mean over labelled pixels,
-    and 0 (not NaN) for a batch without any, e.g. a crop that fell on padding only.
+    Pixels labelled ``ignore_index`` take no part. The cross-entropy is the mean over labelled pixels;
+    a batch without any (e.g. a crop that fell on padding only) gives 0, not NaN, for every term.
     """
 
     def __init__(
@@ -39,7 +39,8 @@ class SegmentationLoss(nn.Module):
         if self.dice is not None:
             loss = loss + self.dice_weight * self.dice(logits, target)
         if self.lovasz is not None:
-            loss = loss + self.lovasz_weight * self.lovasz(logits, target)
+            # smp's Lovasz term is an empty tensor, not 0, when no pixel is labelled
+            loss = loss + self.lovasz_weight * self.lovasz(logits, target).sum()
         return loss
 
     def extra_repr(self) -> str:
