@@ -206,3 +206,21 @@ def test_ddp_two_processes_train_and_evaluate_like_one(tmp_path):
     assert ddp_report["pixels"] == report["pixels"] == 5 * 32 * 32
     assert ddp_report["classes"] == report["classes"] and ddp_report["miou"] == report["miou"]
     assert ddp_report["miou"] == last["best"]["miou"]  # validation during DDP training agrees too
+
+
+def test_resume_keeps_a_best_score_from_before_the_interruption(tmp_path, monkeypatch):
+    # validation scores fall after iteration 2, so the best of the run is the one before the stop
+    scores = {2: 0.9, 4: 0.5, 6: 0.4}
+    report = trainer_module.metrics_report
+
+    def scripted(cm, classes, **extra):
+        return {**report(cm, classes, **extra), "miou": scores[extra["step"]]}
+
+    monkeypatch.setattr(trainer_module, "metrics_report", scripted)
+    cfg = tiny_config(tmp_path, train={"iterations": 6})
+    assert train(cfg, stop_at=4)["best"] == {"miou": 0.9, "step": 2}
+    summary = train(cfg, run_dir=cfg.run_path, resume=True)
+    assert summary["step"] == 6 and summary["best"] == {"miou": 0.9, "step": 2}
+    assert load_checkpoint(cfg.run_path / "last.pth")["best"] == {"miou": 0.9, "step": 2}
+    best = load_checkpoint(cfg.run_path / "best.pth")
+    assert best["step"] == 2 and best["best"] == {"miou": 0.9, "step": 2}  # not replaced by a worse model
