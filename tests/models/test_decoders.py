@@ -46,12 +46,36 @@ def test_logits_have_input_size_and_backward(arch: str, norm: str) -> None:
         assert batch_dependent_layers(model) == []
 
 
+def no_dropout(arch: str, norm: str) -> nn.Module:
+    """``build`` without KN statistics dropout or decoder dropout: training mode is deterministic."""
+    encoder = ResNetEncoder("resnet18", norm=norm, dropout_p=0.0)
+    extra = {} if arch == "unet" else {"decoder_dropout": 0.0}
+    return ARCHS[arch](encoder, num_classes=3, norm=norm, dropout_p=0.0, **SMALL[arch], **extra)
+
+
+def batch_dependence(model: nn.Module, x: torch.Tensor) -> float:
+    """Largest change of a sample's logits between the batch of 4 and two batches of 2."""
+    with torch.no_grad():
+        together = model(x)
+        pairs = torch.cat([model(x[:2]), model(x[2:])])
+    return (together - pairs).abs().max().item()
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_kn_model_is_batch_independent(arch: str) -> None:
-    model = build(arch, "kn").eval()
-    x = torch.randn(2, 3, 64, 64)
+def test_kn_model_is_batch_independent(arch: str, mode: str) -> None:
+    model = no_dropout(arch, "kn").train(mode == "train")
+    x = torch.randn(4, 3, 64, 64)
+    assert batch_dependence(model, x) <= 1e-4
     with torch.no_grad():
         torch.testing.assert_close(model(x)[1:2], model(x[1:2]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_batch_independence_check_catches_batchnorm(arch: str) -> None:
+    """The same check fails on the BN model in training: the property is KN's, not the check's."""
+    model = no_dropout(arch, "bn").train()
+    assert batch_dependence(model, torch.randn(4, 3, 64, 64)) > 1e-3
 
 
 @pytest.mark.parametrize("arch", ["deeplabv3", "deeplabv3plus"])

@@ -89,13 +89,29 @@ def test_kn_matches_bn_layout() -> None:
     assert {m.dropout_p for m in kn_convs} == {0.1}
 
 
-def test_kn_is_batch_independent() -> None:
-    encoder = ResNetEncoder("resnet18", norm="kn").eval()
-    x = torch.randn(2, 3, 64, 64)
+def batch_dependence(encoder: nn.Module, x: torch.Tensor) -> float:
+    """Largest change of a sample's features (every stride) between the batch of 4 and two batches of 2."""
+    with torch.no_grad():
+        together = encoder(x)
+        pairs = [torch.cat(f) for f in zip(encoder(x[:2]), encoder(x[2:]), strict=True)]
+    return max((a - b).abs().max().item() for a, b in zip(together, pairs, strict=True))
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_kn_is_batch_independent(mode: str) -> None:
+    encoder = ResNetEncoder("resnet18", norm="kn", dropout_p=0.0).train(mode == "train")
+    x = torch.randn(4, 3, 64, 64)
+    assert batch_dependence(encoder, x) <= 1e-4
     with torch.no_grad():
         together = encoder(x)[-1]
         alone = encoder(x[1:2])[-1]
     torch.testing.assert_close(together[1:2], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_the_batch_independence_check_catches_batchnorm() -> None:
+    """The same check fails on the BN encoder in training: the property is KN's, not the check's."""
+    encoder = ResNetEncoder("resnet18", norm="bn").train()
+    assert batch_dependence(encoder, torch.randn(4, 3, 64, 64)) > 1e-3
 
 
 @pytest.mark.parametrize("norm", ["gn", "ln", "none"])
