@@ -1,6 +1,8 @@
+import json
 import math
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import segmentation_models_pytorch as smp
@@ -232,3 +234,80 @@ def test_smp_in_channels_and_output_stride():
     assert model.encoder.output_stride == 8
     with torch.no_grad():
         assert model(torch.randn(1, 4, 64, 64)).shape == (1, 5, 64, 64)
+
+
+# ---- the paper's checkpoint layout, stated as data ---------------------------------------------------
+
+# Key -> shape of knresnet{18,34,50}_imagenet.pth's {"model": state_dict}, as the paper's code
+# (norm-torch, models/knresnet/knresnet.py) names and shapes its tensors; written down independently
+# of segkn's modules.
+OFFICIAL_LAYOUT = json.loads((Path(__file__).parent / "knresnet_official_layout.json").read_text())
+
+
+def _layout_checkpoint(name: str, path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A file with the official layout of ``name``, every tensor holding its own random values."""
+    g = torch.Generator().manual_seed(5)
+    state = {key: torch.randn(shape, generator=g) for key, shape in OFFICIAL_LAYOUT[name].items()}
+    torch.save({"model": {prefix + k: v for k, v in state.items()}, "epoch": 90}, path)
+    return state
+
+
+def _segkn_key(official: str) -> str:
+    """The README's mapping: a 1x1 KN conv's ``<name>.conv1x1.weight|bias`` is ``<name>.weight|bias``."""
+    return official.replace(".conv1x1.", ".")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_official_layout_has_the_papers_parameter_counts(name):
+    assert sum(math.prod(shape) for shape in OFFICIAL_LAYOUT[name].values()) == CLASSIFIER_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_tensor_of_the_official_layout_loads(name, tmp_path):
+    path = tmp_path / f"{name}_imagenet.pth"
+    state = _layout_checkpoint(name, path, prefix="module." if name == "knresnet34" else "")
+    classifier = KNResNet(name)
+    assert load_official_weights(classifier, path) == []
+    own = classifier.state_dict()
+    assert set(own) == {_segkn_key(k) for k in state}
+    for key, value in state.items():
+        assert torch.equal(own[_segkn_key(key)], value), key
+    encoder = KNResNetEncoder(name)
+    assert load_official_weights(encoder, path) == ["fc.bias", "fc.weight"]
+    own = encoder.state_dict()
+    assert set(own) == {_segkn_key(k) for k in state if not k.startswith("fc.")}
+    for key, value in state.items():
+        if not key.startswith("fc."):
+            assert torch.equal(own[_segkn_key(key)], value), key
+
+
+@pytest.mark.parametrize("in_channels", [1, 2, 4, 5])
+def test_adapted_stem_sums_or_cycles_and_rescales_the_rgb_filters(in_channels, tmp_path):
+    path = tmp_path / "knresnet18_imagenet.pth"
+    rgb = _layout_checkpoint("knresnet18", path)["block0.0.weight"]
+    encoder = KNResNetEncoder("knresnet18", in_channels=in_channels, depth=1)
+    load_official_weights(encoder, path, in_channels=in_channels)
+    stem = encoder.block0[0].weight
+    if in_channels == 1:
+        expected = rgb[:, 0:1] + rgb[:, 1:2] + rgb[:, 2:3]
+    else:
+        expected = torch.cat([rgb[:, c % 3 : c % 3 + 1] for c in range(in_channels)], 1) * 3 / in_channels
+    torch.testing.assert_close(stem, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("in_channels", [1, 6])
+def test_adapted_stem_sees_a_replicated_image_as_the_rgb_stem_does(in_channels, tmp_path):
+    """A grey image to the 1-channel stem, or RGB twice over to the 6-channel one, gives the features
+    that the original RGB stem gives for the image in RGB."""
+    path = tmp_path / "knresnet18_imagenet.pth"
+    _layout_checkpoint("knresnet18", path)
+    rgb_encoder = KNResNetEncoder("knresnet18", depth=1).eval()
+    load_official_weights(rgb_encoder, path)
+    encoder = KNResNetEncoder("knresnet18", in_channels=in_channels, depth=1).eval()
+    load_official_weights(encoder, path, in_channels=in_channels)
+    image = torch.rand(1, 3, 20, 24)
+    if in_channels == 1:
+        image = image[:, :1].expand(1, 3, 20, 24)
+    x = image[:, :1] if in_channels == 1 else torch.cat([image, image], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(x)[1], rgb_encoder(image)[1], rtol=1e-4, atol=1e-4)
