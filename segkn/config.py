@@ -42,6 +42,7 @@ Encoder = Literal["knresnet18", "knresnet34", "knresnet50", "resnet18", "resnet3
 Norm = Literal["kn", "bn", "gn", "ln", "none"]
 DatasetType = Literal["cityscapes", "voc", "folder", "shapes"]
 AmpMode = Literal["bf16", "fp16", "off"]
+Toggle = Literal["auto", True, False]  # a speed-up: "auto" lets segkn choose by device
 
 DEEPLAB_DECODER_CHANNELS = 256
 UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)
@@ -127,6 +128,9 @@ class TrainConfig(_Section):
     checkpoint_interval: int = _field(8000, min=1)
     grad_clip: float | None = _field(None, gt=0.0)  # max gradient norm; null: no clipping
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch.compile the model for training; auto: on CUDA, off on CPU (compiling takes minutes there)
+    compile: Toggle = "auto"
+    channels_last: bool = False  # the model and its inputs in torch.channels_last memory format
 
 
 @dataclass
@@ -139,6 +143,11 @@ class EvalConfig(_Section):
     scales: list[float] = _field([1.0], gt=0.0)
     flip: bool = False
     batch_size: int = _field(1, min=1)
+    # torch.compile for evaluation and validation during training; auto: on CUDA, off on CPU
+    compile: Toggle = "auto"
+    # `segkn eval` (and the Segmenter's default): model and inputs in channels_last memory format;
+    # validation during training follows train.channels_last, the training model's format
+    channels_last: bool = False
 
 
 @dataclass
@@ -184,12 +193,17 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+def _choice(value: Any) -> str:
+    """A Literal choice as a user writes it in YAML (true, not True)."""
+    return _show(value) if isinstance(value, bool) else str(value)
+
+
 def _describe(tp: Any) -> str:
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         return " or ".join("null" if m is type(None) else _describe(m) for m in get_args(tp))
     if origin is Literal:
-        return "one of " + ", ".join(str(c) for c in get_args(tp))
+        return "one of " + ", ".join(_choice(c) for c in get_args(tp))
     if origin is list:
         return "a list of " + _PLURAL[get_args(tp)[0]]
     return _SINGULAR[tp]
@@ -232,10 +246,10 @@ def _coerce(value: Any, tp: Any, key: str, limits: Mapping[str, Any]) -> Any:
                 return choice
         hint = ""
         if isinstance(value, str):
-            close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
+            close = difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
         words = isinstance(value, str) and all(isinstance(c, str) for c in choices)
-        listed = ", ".join(str(c) for c in choices)
+        listed = ", ".join(_choice(c) for c in choices)
         raise _Invalid(key, f"expected one of {listed}, got {_show(value)}{hint}", type_ok=words)
     if origin is list:
         length = limits.get("len")

@@ -125,6 +125,10 @@ def test_unknown_override_key(tmp_path):
         ("model:\n  encoder_depth: 2\n", "deeplabv3plus needs encoder_depth >= 3"),
         ("model:\n  dropout_p: 1.0\n", "model.dropout_p: must be < 1.0"),
         ("train:\n  lr: 1e-5\n", "train.min_lr: 0.0001 is above train.lr"),
+        ("train:\n  compile: fast\n", "train.compile: expected one of auto, true, false, got 'fast'"),
+        ("eval:\n  compile: 1\n", "eval.compile: expected one of auto, true, false, got 1"),
+        ("eval:\n  compile: aut\n", "did you mean 'auto'"),
+        ("train:\n  channels_last: auto\n", "train.channels_last: expected true or false, got 'auto'"),
     ],
 )
 def test_invalid_values(tmp_path, text, expected):
@@ -132,6 +136,19 @@ def test_invalid_values(tmp_path, text, expected):
     with pytest.raises(ConfigError, match=expected) as err:
         load_config(path)
     assert str(err.value).startswith(str(path))
+
+
+def test_compile_and_channels_last_keys(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg.train.compile == cfg.eval.compile == "auto"
+    assert cfg.train.channels_last is cfg.eval.channels_last is False
+    cfg = load_config(
+        write(tmp_path, "train:\n  compile: on\n"), ["eval.compile=false", "eval.channels_last=true"]
+    )
+    assert cfg.train.compile is True and cfg.eval.compile is False and cfg.eval.channels_last is True
+    assert load_config(write(tmp_path, "eval:\n  compile: auto\n")).eval.compile == "auto"
+    with pytest.raises(ConfigError, match=r"override 'train.compile=maybe': train.compile: expected one of"):
+        load_config(write(tmp_path, ""), ["train.compile=maybe"])
 
 
 def test_missing_file_and_yaml_syntax_error(tmp_path):
