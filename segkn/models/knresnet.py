@@ -91,39 +91,38 @@ class MaxPool2x2(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Pre-activation residual block of two 2x2 KNConvs (padding 1 then 0: same size out)."""
+    """Pre-activation residual block of two 2x2 KNConvs (padding 1 then 0: same size out).
+
+    The ReLU between the two convs is fused into conv1 (``relu=True``)."""
 
     def __init__(self, channels: int, inter_channels: int, dropout_p: float) -> None:
         super().__init__()
         self.relu1 = nn.ReLU()
-        self.conv1 = KNConv2d(channels, inter_channels, 2, padding=1, dropout_p=dropout_p)
-        self.relu2 = nn.ReLU()
+        self.conv1 = KNConv2d(channels, inter_channels, 2, padding=1, dropout_p=dropout_p, relu=True)
         self.conv2 = KNConv2d(inter_channels, channels, 2, padding=0, dropout_p=dropout_p)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv2(self.relu2(self.conv1(self.relu1(x))))
+        return x + self.conv2(self.conv1(self.relu1(x)))
 
 
 class ResidualBottleneck(nn.Module):
-    """Pre-activation bottleneck: 2x2 (or 1x1), 3x3, 2x2 (or 1x1) KNConvs."""
+    """Pre-activation bottleneck: 2x2 (or 1x1), 3x3, 2x2 (or 1x1) KNConvs.
+
+    The ReLUs after conv1 and conv2 are fused into them (``relu=True``)."""
 
     def __init__(self, channels: int, inter_channels: int, dropout_p: float, pointwise: bool = False) -> None:
         super().__init__()
         self.relu1 = nn.ReLU()
-        self.relu2 = nn.ReLU()
-        self.relu3 = nn.ReLU()
-        self.conv2 = KNConv2d(inter_channels, inter_channels, 3, padding=1, dropout_p=dropout_p)
+        self.conv2 = KNConv2d(inter_channels, inter_channels, 3, padding=1, dropout_p=dropout_p, relu=True)
         if pointwise:
-            self.conv1 = KNConv2d1x1(channels, inter_channels, dropout_p=dropout_p)
+            self.conv1 = KNConv2d1x1(channels, inter_channels, dropout_p=dropout_p, relu=True)
             self.conv3 = KNConv2d1x1(inter_channels, channels, dropout_p=dropout_p)
         else:
-            self.conv1 = KNConv2d(channels, inter_channels, 2, padding=1, dropout_p=dropout_p)
+            self.conv1 = KNConv2d(channels, inter_channels, 2, padding=1, dropout_p=dropout_p, relu=True)
             self.conv3 = KNConv2d(inter_channels, channels, 2, padding=0, dropout_p=dropout_p)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.conv1(self.relu1(x))
-        out = self.conv2(self.relu2(out))
-        return x + self.conv3(self.relu3(out))
+        return x + self.conv3(self.conv2(self.conv1(self.relu1(x))))
 
 
 class TransitionBlock(nn.Module):

@@ -4,7 +4,8 @@
 keys are exactly torchvision's (minus ``fc``), so its ImageNet weights load. ``kn`` turns every
 conv + norm pair into one ``KNConv2d`` of the same kernel, stride and padding (with a bias) and the
 norm into ``nn.Identity``: the same convolution FLOPs as the ``bn`` network, normalized inside the
-convolutions and batch-independent.
+convolutions and batch-independent. Its blocks fuse the ReLU after each inner conv into the KN conv
+and add the shortcut out of place (same function as torchvision's blocks, less memory).
 """
 
 from __future__ import annotations
@@ -21,6 +22,26 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from segkn.nn.blocks import check_norm, make_norm
 from segkn.nn.knconv import KNConv2d, KNConv2d1x1
+
+
+class KNBasicBlock(BasicBlock):
+    """torchvision's BasicBlock (same modules and keys) for KN convs: conv1 carries the ReLU."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return torch.relu_(self.bn2(self.conv2(self.bn1(self.conv1(x)))) + identity)
+
+
+class KNBottleneck(Bottleneck):
+    """torchvision's Bottleneck (same modules and keys) for KN convs: conv1, conv2 carry the ReLUs."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(self.bn1(self.conv1(x))))
+        return torch.relu_(self.bn3(self.conv3(out)) + identity)
+
+
+KN_BLOCKS: dict[type, type] = {BasicBlock: KNBasicBlock, Bottleneck: KNBottleneck}
 
 RESNET_SPECS: dict[str, tuple[type[BasicBlock | Bottleneck], list[int]]] = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
@@ -54,6 +75,8 @@ class ResNetEncoder(ResNet, EncoderMixin):
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         block, layers = RESNET_SPECS[name]
+        if norm == "kn":
+            block = KN_BLOCKS[block]
         # nn.Identity ignores its arguments, so it stands in for norm_layer(channels).
         norm_layer = nn.Identity if norm in ("kn", "none") else partial(make_norm, norm)
         super().__init__(block, layers, norm_layer=norm_layer)
@@ -71,6 +94,7 @@ class ResNetEncoder(ResNet, EncoderMixin):
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         if norm == "kn":
             replace_convs(self, partial(to_knconv, dropout_p=dropout_p))
+            _fuse_relus(self)
         elif norm == "none":
             replace_convs(self, with_bias)
         if output_stride != 32:
@@ -133,6 +157,17 @@ def to_knconv(conv: nn.Conv2d, dropout_p: float = 0.05) -> KNConv2d:
             dropout_p=dropout_p,
         )
     return _copy_weight(conv, kn)
+
+
+def _fuse_relus(encoder: ResNetEncoder) -> None:
+    """Move the ReLUs that follow KN convs into them (the KN blocks' forwards leave them out)."""
+    encoder.conv1.relu = True
+    encoder.relu = nn.Identity()
+    for layer in (encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4):
+        for block in layer:
+            block.conv1.relu = True
+            if isinstance(block, Bottleneck):
+                block.conv2.relu = True
 
 
 def with_bias(conv: nn.Conv2d) -> nn.Conv2d:

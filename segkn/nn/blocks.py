@@ -48,23 +48,40 @@ def conv_norm(
     groups: int = 1,
     norm: str = "kn",
     dropout_p: float = 0.05,
+    relu: bool = False,
 ) -> nn.Module:
-    """A convolution and its normalization: one KNConv2d for ``kn``, else Conv2d + norm layer."""
+    """A convolution and its normalization: one KNConv2d for ``kn``, else Conv2d + norm layer.
+
+    ``relu=True`` adds a ReLU: fused into the KN conv, or a separate in-place ReLU after the norm.
+    """
     check_norm(norm)
     if norm == "kn":
         if kernel_size == 1 and padding == 0:
-            return KNConv2d1x1(in_channels, out_channels, stride=stride, groups=groups, dropout_p=dropout_p)
+            return KNConv2d1x1(
+                in_channels, out_channels, stride=stride, groups=groups, dropout_p=dropout_p, relu=relu
+            )
         return KNConv2d(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, dropout_p=dropout_p
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            dropout_p=dropout_p,
+            relu=relu,
         )
     conv = nn.Conv2d(
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=norm == "none"
     )
-    return nn.Sequential(conv, make_norm(norm, out_channels))
+    layers = [conv, make_norm(norm, out_channels)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
 
 
 class ConvNormAct(nn.Module):
-    """conv_norm() followed by ReLU: the building block of segkn's decoders and heads."""
+    """conv_norm() followed by ReLU: the building block of segkn's decoders and heads.
+
+    For ``kn`` the ReLU is fused into the KN conv (``act`` is then an identity)."""
 
     def __init__(
         self,
@@ -80,10 +97,19 @@ class ConvNormAct(nn.Module):
         super().__init__()
         if padding is None:
             padding = dilation * (kernel_size - 1) // 2
+        fused = norm == "kn"
         self.conv = conv_norm(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, norm=norm, dropout_p=dropout_p
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            norm=norm,
+            dropout_p=dropout_p,
+            relu=fused,
         )
-        self.act = nn.ReLU(inplace=True)
+        self.act = nn.Identity() if fused else nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.conv(x))
