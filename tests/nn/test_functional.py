@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from segkn.nn import KNConv2d, KNConv2d1x1
-from segkn.nn.functional import KNGeometry, _kn_conv2d_ops, _KNConv2dFunction, kn_conv2d
+from segkn.nn.functional import KNGeometry, _kn_conv2d_ops, _KNConv2dFunction, dropout_mask, kn_conv2d
 from tests.nn.reference import knconv_reference
 
 # (kernel, stride, dilation, pad4): symmetric, asymmetric cropped, asymmetric the stride cannot crop
@@ -178,3 +178,18 @@ def test_compiled_layer_has_no_graph_break_and_equals_eager():
     assert (grad_c - grad_e).abs().max() < 1e-5
     with torch.no_grad():
         assert (compiled.eval()(x) - F.relu(layer(x))).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3])
+def test_dropout_mask_drops_each_value_with_probability_p(p):
+    torch.manual_seed(0)
+    like = torch.empty(4, 64, 64, 65)  # an element count that is not a multiple of 4
+    mask = dropout_mask(like, p)
+    assert mask.shape == like.shape and mask.dtype == torch.bool
+    n = mask.numel()
+    assert abs(mask.float().mean().item() - p) < 4 * (p * (1 - p) / n) ** 0.5
+    # no pattern across channels or positions: the drop rates of halves agree too
+    assert abs(mask[:, :32].float().mean().item() - mask[:, 32:].float().mean().item()) < 0.01
+    torch.manual_seed(0)
+    assert torch.equal(dropout_mask(like, p), mask)  # the global seed makes it reproducible
+    assert not torch.equal(dropout_mask(like, p), mask)
