@@ -217,12 +217,17 @@ def kn_layers(model: nn.Module) -> list[nn.Module]:
 
 def plain_conv(layer: nn.Module, x: Tensor) -> Tensor:
     """The convolution of a KN layer without its normalization: same weight, bias, stride, padding,
-    dilation and groups (a strided 1x1 KN layer is a 1x1 conv with that stride)."""
+    dilation and groups (a strided 1x1 KN layer is a 1x1 conv with that stride; a 1x1 conv ignores
+    the dilation that output-stride dilation sets, as the KN layer does), and the layer's fused ReLU
+    as a separate op."""
     left, right, top, bottom = layer.pad4
+    dilation = (1, 1) if tuple(layer.kernel_size) == (1, 1) else layer.dilation
     if (left, top) == (right, bottom):
-        return F.conv2d(x, layer.weight, layer.bias, layer.stride, (top, left), layer.dilation, layer.groups)
-    x = F.pad(x, layer.pad4)
-    return F.conv2d(x, layer.weight, layer.bias, layer.stride, 0, layer.dilation, layer.groups)
+        out = F.conv2d(x, layer.weight, layer.bias, layer.stride, (top, left), dilation, layer.groups)
+    else:
+        x = F.pad(x, layer.pad4)
+        out = F.conv2d(x, layer.weight, layer.bias, layer.stride, 0, dilation, layer.groups)
+    return torch.relu(out) if getattr(layer, "relu", False) else out
 
 
 def patch_plain_convs(model: nn.Module) -> Callable[[], None]:
