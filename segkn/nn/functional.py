@@ -339,7 +339,7 @@ class _KNConv2dFunction(torch.autograd.Function):
             dropped = None
             if p > 0:  # kept for backward as one byte per value
                 dropped = dropout_mask(x, p)
-                src = xs.masked_fill(dropped, 0.0)
+                src = torch.where(dropped, 0.0, xs)  # one pass (masked_fill clones first)
             else:
                 src = xs
             scale = 1.0 / (1.0 - p)
