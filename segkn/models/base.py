@@ -32,4 +32,6 @@ class SegmentationModel(nn.Module):
         logits = self.head(self.decoder(features))
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., :h, :w]
+        # Cropped by a negative pad, a copy, rather than a slice: torch.compile would guard on whether
+        # the slice is contiguous (whether h and w are multiples of the divisor) and recompile for each.
+        return F.pad(logits, (0, -pad_w, 0, -pad_h))
