@@ -13,7 +13,9 @@ import torch
 
 from segkn.cli import main
 from segkn.data.io import read_mask
+from segkn.engine.evaluator import model_from_checkpoint
 from segkn.inference import Segmenter
+from tests.engine.prediction_reference import top2_gap, tta_probabilities
 from tests.inference.conftest import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,3 +208,22 @@ def test_export_verify_an_existing_file(demo_onnx, tmp_path, capsys):
     other = write_tiny_checkpoint(tmp_path / "other.pth")
     assert main(["export", "--checkpoint", str(other), "--verify", str(demo_onnx)]) == 2
     assert "sha256" in _error_line(capsys)
+
+
+def test_infer_slide_and_tta_options_against_hand_made_predictions(tmp_path):
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth", data={"normalize": "none"})
+    image = _image(tmp_path / "in" / "x.png", 36, 44, 3, 7)
+    tta = ["--mode", "slide", "--crop-size", "16", "20", "--stride", "10", "12", "--scales", "0.75", "1.25"]
+    argv = ["infer", "--checkpoint", str(ckpt), str(image), "--out", str(tmp_path / "out"), *tta]
+    assert main([*argv, "--flip", "--save", "label", "--no-progress"]) == 0
+    got = read_mask(tmp_path / "out" / "label" / "x.png")
+
+    model, _ = model_from_checkpoint(ckpt)
+    rgb = cv2.cvtColor(cv2.imread(str(image)), cv2.COLOR_BGR2RGB)
+    x = torch.from_numpy(rgb).permute(2, 0, 1).float()[None] / 255
+    probs = tta_probabilities(model.eval(), x, (36, 44), (0.75, 1.25), True, (16, 20), (10, 12))
+    expected = probs.argmax(1)[0].numpy()
+    assert (expected != tta_probabilities(model, x, (36, 44)).argmax(1)[0].numpy()).any()  # TTA matters
+    clear = top2_gap(probs)[0].numpy() > 1e-4
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(got[clear], expected[clear])

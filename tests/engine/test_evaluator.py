@@ -18,6 +18,7 @@ from segkn.engine.evaluator import (
 from segkn.engine.loaders import ShardSampler, TrainSampler
 from segkn.engine.metrics import ConfusionMatrix
 from segkn.models import build_model
+from tests.engine.prediction_reference import PositionModel, top2_gap, tta_probabilities, window_average
 
 
 def _pixelwise(num_classes=4, seed=0):
@@ -151,3 +152,56 @@ def test_report_json_has_null_for_absent_classes(tmp_path):
     assert loaded["step"] == 7 and loaded["classes"][2] == {"name": "z", "iou": None, "acc": None}
     assert math.isclose(loaded["miou"], np.mean([0.5, 0.5]))
     assert "mIoU 50.00" in (tmp_path / "eval_val.txt").read_text()
+
+
+# ---- against hand-written sliding windows and TTA, with a model for which each step matters ----------
+
+
+@pytest.mark.parametrize(
+    ("size", "crop", "stride"),
+    [((37, 45), (16, 24), (10, 7)), ((40, 52), (24, 24), (16, 16)), ((30, 61), (13, 50), (5, 50))],
+)
+def test_slide_averages_the_windows_that_cover_each_pixel(size, crop, stride):
+    model = PositionModel()
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    expected = window_average(model, x, crop, stride)
+    with torch.no_grad():
+        assert (expected - model(x)).abs().max() > 0.1  # windows see other borders than the whole image
+        got = slide_logits(model, x, crop, stride, window_batch=3)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("scales", "flip"), [((1.0,), True), ((0.75, 1.25), False), ((0.5, 1.0, 1.5), True)])
+def test_tta_averages_rescaled_and_unflipped_views(scales, flip):
+    model = PositionModel()
+    x = torch.rand(2, 3, 24, 32, generator=torch.Generator().manual_seed(1))
+    expected = tta_probabilities(model, x, (24, 32), scales, flip)
+    assert (expected - tta_probabilities(model, x, (24, 32))).abs().max() > 0.05  # TTA changes it
+    got = predict(model, x, scales=scales, flip=flip)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_slide_with_tta_at_the_label_size():
+    model = PositionModel()
+    x = torch.rand(1, 3, 36, 44, generator=torch.Generator().manual_seed(2))
+    args = {"scales": (0.75, 1.25), "flip": True, "crop": (16, 20), "stride": (10, 12)}
+    expected = tta_probabilities(model, x, (45, 55), **args)
+    got = predict(model, x, "slide", args["crop"], args["stride"], args["scales"], True, out_size=(45, 55))
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_evaluate_scores_slide_and_tta_predictions():
+    """Dataset scoring: slide + scales + flip, labels at twice the image size, against hand-made scores."""
+    model, data = PositionModel(), _Tiny(3)
+    crop, stride, scales = (6, 8), (4, 5), (0.75, 1.25)
+    cm = evaluate(model, data, 4, mode="slide", crop_size=crop, stride=stride, scales=scales, flip=True,
+                  progress=False)  # fmt: skip
+    expected = ConfusionMatrix(4)
+    for image, mask in data:
+        probs = tta_probabilities(model, image[None], tuple(mask.shape), scales, True, crop, stride)
+        assert top2_gap(probs).min() > 1e-4  # no near-ties: argmax is well defined
+        expected.update(probs.argmax(1)[0], mask)
+    assert torch.equal(cm.mat, expected.mat)
+    # and the plain whole-image scores differ, so the settings were applied
+    plain = evaluate(model, data, 4, progress=False)
+    assert not torch.equal(plain.mat, cm.mat)

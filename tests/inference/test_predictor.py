@@ -9,6 +9,8 @@ from segkn.data.transforms import build_transform
 from segkn.engine.checkpoint import CheckpointError, publish_checkpoint
 from segkn.engine.evaluator import model_from_checkpoint, predict
 from segkn.inference import Segmenter
+from tests.engine._configs import TINY, merge
+from tests.engine.prediction_reference import PositionModel, top2_gap, tta_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -163,3 +165,37 @@ def test_a_checkpoint_does_not_need_its_encoder_initialization_file(tmp_path, ti
     torch.save(payload, path)
     image = _image(20, 20)
     assert Segmenter.from_checkpoint(path, device="cpu").predict(image).shape == (20, 20)
+
+
+def _position_segmenter(**options):
+    """A Segmenter of a model whose logits depend on windows, flips and scales; raw [0, 1] input."""
+    eval_cfg = {"mode": "slide", "crop_size": [16, 20], "stride": [10, 12], "scales": [0.75, 1.25]}
+    eval_cfg["flip"] = True
+    config = merge(TINY, {"data": {"normalize": "none"}, "eval": eval_cfg})
+    classes = ["a", "b", "c"]
+    return Segmenter(PositionModel(3), config, classes, [[0, 0, 0]] * 3, device="cpu", **options)
+
+
+def test_segmenter_slide_and_tta_against_hand_made_predictions():
+    seg = _position_segmenter()
+    assert (seg.mode, seg.crop_size, seg.stride, seg.scales, seg.flip) == (
+        "slide", [16, 20], [10, 12], [0.75, 1.25], True
+    )  # fmt: skip
+    image = _image(36, 44, seed=3)
+    x = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255
+    expected = tta_probabilities(seg.model, x, (36, 44), (0.75, 1.25), True, (16, 20), (10, 12))[0]
+    np.testing.assert_allclose(seg.predict_proba(image), expected.numpy(), rtol=0, atol=1e-5)
+    assert top2_gap(expected[None]).min() > 1e-4
+    np.testing.assert_array_equal(seg.predict(image), expected.argmax(0).numpy())
+
+
+def test_segmenter_overrides_reach_the_prediction():
+    seg = _position_segmenter(crop_size=[20, 16], stride=[6, 9], scales=[1.0, 0.5], flip=False)
+    image = _image(30, 34, seed=4)
+    x = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255
+    expected = tta_probabilities(seg.model, x, (30, 34), (1.0, 0.5), False, (20, 16), (6, 9))[0]
+    np.testing.assert_allclose(seg.predict_proba(image), expected.numpy(), rtol=0, atol=1e-5)
+    whole = _position_segmenter(mode="whole", scales=[1.0], flip=False)
+    np.testing.assert_allclose(
+        whole.predict_proba(image), tta_probabilities(seg.model, x, (30, 34))[0].numpy(), rtol=0, atol=1e-5
+    )
