@@ -132,14 +132,21 @@ def _has_batchnorm(model: nn.Module) -> bool:
 def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel around ``model`` when running with several processes, else ``model``.
 
-    BatchNorm layers become SyncBatchNorm so their statistics span all processes; a kernel-normalized
-    model has none and is wrapped as is (its outputs do not depend on the other samples).
+    On CUDA, BatchNorm layers become SyncBatchNorm so their statistics span all processes; PyTorch has
+    no SyncBatchNorm on the CPU, where each process keeps its own statistics (with a warning). A
+    kernel-normalized model has none and is wrapped as is (its outputs do not depend on the other samples).
     """
     if world_size() == 1:
         return model
-    if _has_batchnorm(model):
+    if _has_batchnorm(model) and device.type == "cuda":
         log.info("converting BatchNorm to SyncBatchNorm across %d processes", world_size())
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif _has_batchnorm(model):
+        log.warning(
+            "BatchNorm statistics stay per process on %s (SyncBatchNorm needs CUDA): %d processes of "
+            "batch B normalize like batches of B, not of %d x B",
+            device.type, world_size(), world_size(),
+        )  # fmt: skip
     device_ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
