@@ -99,6 +99,10 @@ class ResNetEncoder(ResNet, EncoderMixin):
             replace_convs(self, with_bias)
         if output_stride != 32:
             self.make_dilated(output_stride)
+        # Layers past ``depth`` keep torchvision's keys (its weights load) but never run; without
+        # gradients, DistributedDataParallel does not wait for theirs.
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4)[max(depth - 1, 0) :]:
+            layer.requires_grad_(False)
 
     def get_stages(self) -> dict[int, list[nn.Module]]:
         """The modules that make each of the two last down-samplings (for smp's ``make_dilated``)."""

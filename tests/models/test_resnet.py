@@ -154,3 +154,14 @@ def test_bad_arguments() -> None:
         ResNetEncoder("resnet18", output_stride=4)
     with pytest.raises(ValueError, match="depth"):
         ResNetEncoder("resnet18", depth=6)
+
+
+@pytest.mark.parametrize("depth", [1, 3, 4])
+def test_every_trainable_parameter_of_a_shallow_encoder_gets_a_gradient(depth: int) -> None:
+    # DistributedDataParallel waits for the gradient of every parameter that requires one
+    encoder = ResNetEncoder("resnet18", norm="bn", depth=depth)
+    sum(f.sum() for f in encoder(torch.randn(2, 3, 32, 32))[1:]).backward()
+    trainable = {n: p for n, p in encoder.named_parameters() if p.requires_grad}
+    assert {n for n, p in trainable.items() if p.grad is None} == set()
+    assert any(n.startswith(f"layer{depth - 1}.") for n in trainable) or depth == 1
+    assert set(encoder.state_dict()) == set(ResNetEncoder("resnet18", norm="bn").state_dict())
