@@ -1,15 +1,21 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from segkn.cli import main
+from segkn.data.io import read_mask
 from segkn.engine.checkpoint import load_checkpoint
 from segkn.engine.run_log import read_metrics
+from segkn.inference import Segmenter
+from tests.data.builders import make_cityscapes_tree
 from tests.engine._configs import merge, tiny_dict, write_config
+from tests.inference.conftest import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,3 +123,52 @@ def test_demo_config_runs(tmp_path, capsys):
     short = ["train.iterations=2", "train.warmup_iters=1", "data.shapes_val_length=2", "eval.batch_size=2"]
     assert main(["train", str(demo), "--set", *short, "--run-dir", str(tmp_path / "demo")]) == 0
     assert "trained 2 iterations" in capsys.readouterr().out
+
+
+def _readme_parameter_table() -> dict[tuple[str, str, str], tuple[int, int]]:
+    """The README's zoo table: (arch, encoder, norm) -> (encoder params, total params)."""
+    text = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| (\w+) \| (\w+)(?: \((\w+)\))? \| ([\d,]+) \| ([\d,]+) \|$", text, re.MULTILINE)
+    assert len(rows) >= 8, "the README's parameter table moved"
+    return {
+        (arch, encoder, norm or "kn"): (int(enc.replace(",", "")), int(total.replace(",", "")))
+        for arch, encoder, norm, enc, total in rows
+    }
+
+
+def test_zoo_prints_the_readme_parameter_table_and_runs_a_model(tmp_path, capsys):
+    import cv2
+
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8))
+    assert main(["zoo", "--image", str(image), "--arch", "unet", "--encoder", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    table = {
+        (arch, encoder, norm): (int(enc.replace(",", "")), int(total.replace(",", "")))
+        for arch, encoder, norm, enc, total in re.findall(
+            r"^(\w+) +(\w+)/(\w+) +([\d,]+) +([\d,]+)$", out, re.MULTILINE
+        )
+    }
+    assert len(table) == 18  # every arch x encoder
+    for key, counts in _readme_parameter_table().items():
+        assert table[key] == counts, key
+    assert "model: unet / resnet18 (norm bn)" in out
+    assert "logits: (1, 19, 45, 70); label map: (1, 45, 70)" in out
+
+
+def test_eval_cityscapes_submission_end_to_end(tmp_path, capsys):
+    root = make_cityscapes_tree(tmp_path / "cs", splits=("val", "test"), size=(40, 80))
+    data = {"type": "cityscapes", "root": str(root), "normalize": "none", "eval_resize": [24, 48]}
+    ckpt = write_tiny_checkpoint(tmp_path / "cs.pth", model={"num_classes": 19}, data=data)
+    config = write_config(tmp_path / "cs.yaml", load_checkpoint(ckpt)["config"])
+    out = tmp_path / "results"
+    argv = ["eval", str(config), "--checkpoint", str(ckpt), "--split", "test"]
+    assert main([*argv, "--cityscapes-submission", str(out)]) == 0
+    assert f"wrote 4 labelIds PNGs to {out}" in capsys.readouterr().out
+    images = sorted((root / "leftImg8bit" / "test").rglob("*.png"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in images)
+    seg = Segmenter.from_checkpoint(ckpt, device="cpu")
+    for image in images:
+        written = read_mask(out / image.name)
+        assert written.shape == (40, 80)  # full resolution, though the model ran at 24 x 48
+        np.testing.assert_array_equal(written, seg.to_dataset_ids(seg.predict(image)))

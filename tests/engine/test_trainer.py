@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from segkn.engine.trainer import TrainingDiverged, load_init_weights, train
 from segkn.models import build_model
 from tests.data.builders import make_cityscapes_tree, make_voc_tree
 
-from ._configs import tiny_config, tiny_dict, write_config
+from ._configs import merge, tiny_config, tiny_dict, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -183,15 +184,19 @@ def _torchrun(*args, timeout=240):
 @pytest.mark.slow
 def test_ddp_two_processes_train_and_evaluate_like_one(tmp_path):
     # 2 processes x batch 1 take the draws of 1 process x 2 micro-batches of 1, and DDP's averaged
-    # gradient is the accumulated one
+    # gradient is the accumulated one; the DDP run is stopped after 2 of its 3 iterations and resumed
+    # under torchrun
     sections = {
         "model": {"dropout_p": 0.0},
         "data": {"scale_range": [1.0, 1.0], "shapes_val_length": 5},  # 5 val images: shards of 3 and 2
         "train": {"iterations": 3, "val_interval": 3, "optimizer": "sgd", "lr": 0.01},
     }
     config = write_config(tmp_path / "tiny.yaml", tiny_dict(tmp_path, "ddp", **sections))
-    _torchrun(str(ROOT / "tools" / "train.py"), str(config), "--set", "train.batch_size=1")
+    _torchrun(str(ROOT / "tools" / "train.py"), str(config), "--set", "train.batch_size=1", "--stop-at", "2")
     run = tmp_path / "runs" / "ddp"
+    assert load_checkpoint(run / "last.pth")["step"] == 2
+    _torchrun(str(ROOT / "tools" / "train.py"), "--resume", str(run))
+    assert [r["step"] for r in read_metrics(run) if r["kind"] == "train"] == [1, 2, 3]
     last = load_checkpoint(run / "last.pth")
     assert last["step"] == 3 and len(last["rng_per_rank"]) == 2
     single = tiny_config(tmp_path, "single", **sections)
@@ -224,3 +229,24 @@ def test_resume_keeps_a_best_score_from_before_the_interruption(tmp_path, monkey
     assert load_checkpoint(cfg.run_path / "last.pth")["best"] == {"miou": 0.9, "step": 2}
     best = load_checkpoint(cfg.run_path / "best.pth")
     assert best["step"] == 2 and best["best"] == {"miou": 0.9, "step": 2}  # not replaced by a worse model
+
+
+def test_grad_clip_scales_the_gradient_down_to_its_norm(tmp_path):
+    # SGD without momentum or weight decay moves the weights by lr x gradient: from the same state, the
+    # clipped step is the unclipped one scaled to norm lr x grad_clip
+    sections = {"train": {"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "lr": 1.0}}
+    plain = tiny_config(tmp_path, "plain", **sections)
+    train(plain, stop_at=1)
+    clipped = tiny_config(tmp_path, "clipped", **merge(sections, {"train": {"grad_clip": 0.05}}))
+    shutil.copytree(plain.run_path, clipped.run_path)
+    start = _weights(plain.run_path / "last.pth")
+    steps = {}
+    for cfg in (plain, clipped):
+        train(cfg, run_dir=cfg.run_path, resume=True, stop_at=2)
+        end = _weights(cfg.run_path / "last.pth")
+        steps[cfg.name] = torch.cat([(end[k] - start[k]).flatten() for k in start])
+    lr = next(r["lr"] for r in read_metrics(clipped.run_path) if r["kind"] == "train" and r["step"] == 2)
+    assert steps["plain"].norm() > 2 * lr * 0.05  # the gradient is larger than the bound
+    assert steps["clipped"].norm().item() == pytest.approx(lr * 0.05, rel=1e-3)
+    scale = steps["clipped"].norm() / steps["plain"].norm()
+    torch.testing.assert_close(steps["clipped"], steps["plain"] * scale, rtol=0, atol=1e-6)
