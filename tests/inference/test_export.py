@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +136,53 @@ def test_covering_kinds_export_and_match_pytorch(one_thread, tmp_path, arch, enc
 @pytest.mark.parametrize(("arch", "encoder", "norm"), ALL_KINDS, ids=["/".join(k) for k in ALL_KINDS])
 def test_every_kind_exports_and_matches_pytorch(one_thread, tmp_path, arch, encoder, norm) -> None:
     _export_and_verify(tmp_path, arch, encoder, norm)
+
+
+# --- every day, a share of the opt-in cases in CI -------------------------------------------------
+
+# (arch, encoder, norm, output stride) of the exports that only the opt-in tests run, in two tracks:
+# the covering rows beyond CORE (with CORE, every pair of arch, encoder and norm), and the other kinds
+# of the full grid at the default output stride 16 (shuffled once, so that consecutive days differ).
+COVERING_REST = [(*k, _output_stride(*k)) for k in COVERING if k not in CORE]
+GRID_REST = sorted({(*k, 16) for k in ALL_KINDS} - {(*k, _output_stride(*k)) for k in COVERING})
+random.Random(0).shuffle(GRID_REST)
+
+
+def grid_day() -> int:
+    """Today's number (UTC date, as date.toordinal), or that of SEGKN_ONNX_GRID_DAY=YYYY-MM-DD."""
+    named = os.environ.get("SEGKN_ONNX_GRID_DAY")
+    day = datetime.date.fromisoformat(named) if named else datetime.datetime.now(datetime.timezone.utc).date()
+    return day.toordinal()
+
+
+def cases_of_day(day: int) -> list[tuple[str, str, str, int]]:
+    """One case of each track a day (1 to 2 min on one thread): the covering rows come round every
+    len(COVERING_REST) days, the rest of the grid every len(GRID_REST) days."""
+    return [COVERING_REST[day % len(COVERING_REST)], GRID_REST[day % len(GRID_REST)]]
+
+
+def test_daily_shares_cycle_through_every_opt_in_case() -> None:
+    # the README: every covering row every 22 days, every kind within 70 days
+    assert (len(COVERING_REST), len(GRID_REST)) == (22, 70)
+    core = {(*k, _output_stride(*k)) for k in CORE}
+    opt_in = {(*k, _output_stride(*k)) for k in COVERING} | {(*k, 16) for k in ALL_KINDS}
+    assert set(COVERING_REST) | set(GRID_REST) == opt_in - core
+    for first in (1, grid_day()):
+        fast = {cases_of_day(day)[0] for day in range(first, first + len(COVERING_REST))}
+        slow = {cases_of_day(day)[1] for day in range(first, first + len(GRID_REST))}
+        assert fast == set(COVERING_REST) and slow == set(GRID_REST)
+
+
+@pytest.mark.skipif(bool(os.environ.get("SEGKN_FULL_ONNX_GRID")), reason="the full grid runs every case")
+@pytest.mark.parametrize(
+    ("arch", "encoder", "norm", "output_stride"),
+    cases_of_day(grid_day()),
+    ids=[f"{a}/{e}/{n}/os{s}" for a, e, n, s in cases_of_day(grid_day())],
+)
+def test_todays_share_of_the_grid_exports_and_matches_pytorch(
+    one_thread, tmp_path, arch, encoder, norm, output_stride
+) -> None:
+    _export_and_verify(tmp_path, arch, encoder, norm, output_stride=output_stride)
 
 
 @pytest.mark.parametrize(
