@@ -24,6 +24,7 @@ __all__ = [
     "capture_rng_state",
     "file_sha256",
     "load_checkpoint",
+    "plain_state_dict",
     "publish_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
@@ -153,7 +154,20 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
         raise CheckpointError(f"{path}: incomplete segkn checkpoint, missing {', '.join(missing)}")
+    if isinstance(obj["model"], dict):
+        obj["model"] = plain_state_dict(obj["model"])
     return obj
+
+
+def plain_state_dict(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` under its module names: the ``_orig_mod.`` that ``torch.compile(model)`` adds is dropped.
+
+    segkn compiles modules in place and never writes such keys; this reads files written otherwise.
+    A state without them is returned as is (with torch's version metadata).
+    """
+    if not any("_orig_mod." in key for key in state):
+        return state
+    return {key.replace("_orig_mod.", ""): value for key, value in state.items()}
 
 
 # what a released checkpoint keeps: enough to rebuild, run and describe the model, no training state

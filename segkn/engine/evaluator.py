@@ -19,6 +19,7 @@ from tqdm import tqdm
 from segkn.atomic import atomic_open
 from segkn.config import Config, ConfigError, config_from_dict
 from segkn.engine import distributed
+from segkn.engine.acceleration import compile_enabled, logged_compile, prepare_model, to_channels_last
 from segkn.engine.checkpoint import CheckpointError, load_checkpoint
 from segkn.engine.device import amp_dtype, resolve_device
 from segkn.engine.loaders import build_eval_loader, build_split
@@ -172,11 +173,14 @@ def evaluate(
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
+    channels_last: bool = False,
 ) -> ConfusionMatrix:
     """Confusion matrix of ``model`` on ``data``, summed over all processes, scored at the masks' size.
 
     A dataset is split over the processes without duplicates (each rank takes every world_size-th
     sample), so the all-reduced matrix equals a single process's; a DataLoader is used as given.
+    ``model`` runs without its DDP wrapper (compiled, if it was compiled in place); with
+    ``channels_last`` the images are handed to it in that memory format.
     """
     device = torch.device(device)
     if isinstance(data, DataLoader):
@@ -196,7 +200,10 @@ def evaluate(
         for batch in bar:
             for images, masks in _groups(_pairs(batch)):
                 images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-                with _autocast(device, amp_dtype):
+                if channels_last:
+                    images = to_channels_last(images)
+                size = "x".join(str(n) for n in images.shape)
+                with _autocast(device, amp_dtype), logged_compile(f"evaluating a {size} batch"):
                     probs = predict(
                         net, images, mode, crop_size, stride, scales, flip, out_size=masks.shape[-2:]
                     )
@@ -290,14 +297,14 @@ def evaluate_checkpoint(
                 f"{cfg.data.type} split {split!r} has {dataset.num_classes}; evaluate it on the data it was "
                 "trained for"
             )
-        model.to(device)
         ev = cfg.eval
+        prepare_model(model, device, compile_enabled(ev.compile, device), ev.channels_last)
         log.info(
             "evaluating %s on %s %s (%d images, %s)", checkpoint, cfg.data.type, split, len(dataset), ev.mode
         )
         cm = evaluate(
             model, dataset, dataset.num_classes, device, ev.mode, ev.crop_size, ev.stride, ev.scales, ev.flip,
-            ev.batch_size, cfg.data.num_workers, amp_dtype(cfg.train.amp, device), progress,
+            ev.batch_size, cfg.data.num_workers, amp_dtype(cfg.train.amp, device), progress, ev.channels_last,
         )  # fmt: skip
         report = metrics_report(
             cm, dataset.classes, checkpoint=str(checkpoint), step=ckpt.get("step"), dataset=cfg.data.type,

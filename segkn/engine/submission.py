@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from segkn.data.cityscapes import CityscapesDataset, train_ids_to_label_ids
 from segkn.data.io import write_png
+from segkn.engine.acceleration import compile_enabled, prepare_model, to_channels_last
 from segkn.engine.evaluator import predict
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ def export_cityscapes_submission(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     progress: bool = True,
+    channels_last: bool = False,
 ) -> list[Path]:
     """Predict every image of ``dataset`` (eval transform) and write its labelIds PNG into ``out_dir``."""
     if not isinstance(dataset, CityscapesDataset):
@@ -46,9 +48,11 @@ def export_cityscapes_submission(
         image, _ = dataset[i]
         sample = dataset.samples[i]
         height, width = cv2.imread(str(sample.image), cv2.IMREAD_UNCHANGED).shape[:2]
+        x = image.unsqueeze(0).to(device)
         probs = predict(
-            model, image.unsqueeze(0).to(device), mode, crop_size, stride, scales, flip, (height, width)
-        )
+            model, to_channels_last(x) if channels_last else x, mode, crop_size, stride, scales, flip,
+            (height, width),
+        )  # fmt: skip
         train_ids = probs.argmax(1)[0].cpu().numpy()
         name = Path(sample.image).name  # <city>_<seq>_<frame>_leftImg8bit.png
         path = out_dir / name
@@ -68,6 +72,8 @@ def submission_from_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir:
     device = resolve_device(cfg.train.device, 0)
     dataset = build_split(cfg, split, train=False)
     ev = cfg.eval
+    prepare_model(model, device, compile_enabled(ev.compile, device), ev.channels_last)
     return export_cityscapes_submission(
-        model.to(device), dataset, out_dir, device, ev.mode, ev.crop_size, ev.stride, ev.scales, ev.flip
-    )
+        model, dataset, out_dir, device, ev.mode, ev.crop_size, ev.stride, ev.scales, ev.flip,
+        channels_last=ev.channels_last,
+    )  # fmt: skip

@@ -25,6 +25,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from segkn.config import Config, ConfigError, save_config
 from segkn.data import DatasetError
 from segkn.engine import distributed
+from segkn.engine.acceleration import (
+    compile_enabled,
+    eager_unless,
+    logged_compile,
+    prepare_model,
+    to_channels_last,
+)
 from segkn.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -152,11 +159,13 @@ def train_step(
     accumulate: int = 1,
     grad_clip: float | None = None,
     amp: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> float:
     """One optimizer step over ``accumulate`` micro-batches from ``batches``; returns their mean loss.
 
     The loss is checked on every process before its backward pass, so a NaN or infinite loss anywhere
-    stops all processes before any weight changes (raises _NonFiniteLoss).
+    stops all processes before any weight changes (raises _NonFiniteLoss). With ``channels_last`` the
+    images are handed to the model in that memory format.
     """
     device = next(model.parameters()).device
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
@@ -165,6 +174,8 @@ def train_step(
     for micro in range(accumulate):
         images, masks = next(batches)
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        if channels_last:
+            images = to_channels_last(images)
         # DDP all-reduces gradients on the last micro-batch's backward only
         sync = model.no_sync() if ddp and micro < accumulate - 1 else contextlib.nullcontext()
         with sync:
@@ -215,6 +226,8 @@ def _train(
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     device = resolve_device(cfg.train.device, local_rank)
     amp = amp_dtype(cfg.train.amp, device)
+    compile_train = compile_enabled(cfg.train.compile, device)
+    compile_eval = compile_enabled(cfg.eval.compile, device)
     if cfg.train.aux_loss > 0:
         raise ConfigError("train.aux_loss: segkn models have no auxiliary head; set it to 0")
     last_path, best_path = run_dir / "last.pth", run_dir / "best.pth"
@@ -247,7 +260,9 @@ def _train(
         seed_everything(cfg.seed + rank)  # but each process its own dropout draws
     if init is not None:
         load_init_weights(model, init)
-    model.to(device)
+    # compiled in place (state_dict keys unchanged) before the DDP wrapper; a phase that is not to be
+    # compiled runs it eagerly (see `stance`)
+    prepare_model(model, device, compile_train or compile_eval, cfg.train.channels_last)
     optimizer = build_optimizer(
         model, cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay
     )
@@ -296,11 +311,18 @@ def _train(
         )  # fmt: skip
         save_checkpoint(last_path, payload)
 
+    def stance(compiled: bool) -> contextlib.AbstractContextManager[object]:
+        if not (compile_train or compile_eval):
+            return contextlib.nullcontext()
+        return eager_unless(compiled)
+
     def validate() -> dict[str, Any]:
-        cm = evaluate(
-            model, val_set, len(classes), device, cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride,
-            cfg.eval.scales, cfg.eval.flip, cfg.eval.batch_size, cfg.data.num_workers, amp,
-        )  # fmt: skip
+        with stance(compile_eval):  # the model's format is the training's: train.channels_last
+            cm = evaluate(
+                model, val_set, len(classes), device, cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride,
+                cfg.eval.scales, cfg.eval.flip, cfg.eval.batch_size, cfg.data.num_workers, amp,
+                channels_last=cfg.train.channels_last,
+            )  # fmt: skip
         log.info("validation at iteration %d:\n%s", step, cm.table(classes))
         return metrics_report(cm, classes, step=step, split=cfg.data.val_split)
 
@@ -322,16 +344,11 @@ def _train(
         while step < end:
             lr = optimizer.param_groups[0]["lr"]
             try:
-                step_loss = train_step(
-                    model,
-                    batches,
-                    criterion,
-                    optimizer,
-                    scaler,
-                    cfg.train.accumulate,
-                    cfg.train.grad_clip,
-                    amp,
-                )
+                with stance(compile_train), logged_compile(f"iteration {step + 1}"):
+                    step_loss = train_step(
+                        model, batches, criterion, optimizer, scaler, cfg.train.accumulate,
+                        cfg.train.grad_clip, amp, cfg.train.channels_last,
+                    )  # fmt: skip
             except _NonFiniteLoss as err:
                 where = f"{last_path} (iteration {saved_step})" if saved_step else "none was written yet"
                 raise TrainingDiverged(
