@@ -203,6 +203,15 @@ def _infer_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if present)"
     )
     parser.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the model (torch backend): pays off over many images; each new image size "
+        "waits for compiling at first (minutes on a CPU) until sizes share one dynamic graph",
+    )  # fmt: skip
+    parser.add_argument(
+        "--channels-last", action="store_true", default=None,
+        help="model and inputs in channels_last memory format (torch backend; default: eval.channels_last)",
+    )  # fmt: skip
+    parser.add_argument(
         "--alpha", type=float, default=0.5, help="overlay opacity of the colour mask (default: 0.5)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -217,7 +226,7 @@ def infer_command(args: argparse.Namespace) -> int:
     backend = args.backend or ("onnxruntime" if args.onnx and not args.checkpoint else "torch")
     options = {
         "mode": args.mode, "crop_size": args.crop_size, "stride": args.stride, "scales": args.scales,
-        "flip": args.flip,
+        "flip": args.flip, "compile": args.compile, "channels_last": args.channels_last,
     }  # fmt: skip
     if backend == "torch":
         if not args.checkpoint:

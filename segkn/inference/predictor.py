@@ -17,6 +17,7 @@ from segkn.data.errors import DatasetError
 from segkn.data.io import read_image
 from segkn.data.registry import dataset_label_ids
 from segkn.data.transforms import build_transform
+from segkn.engine.acceleration import logged_compile, prepare_model, to_channels_last
 from segkn.engine.device import amp_dtype, resolve_device
 from segkn.engine.evaluator import predict
 
@@ -52,6 +53,10 @@ class Segmenter:
 
     ``model`` is anything that maps a float (N, 3, H, W) tensor to (N, K, H, W) logits: a segkn model,
     or an ``OnnxModel`` running an exported file in ONNX Runtime.
+
+    A PyTorch model can be compiled (``compile=True``: torch.compile, in place; the first image of a
+    new size waits for compiling, and after the second size, sizes share one dynamic graph) and run
+    in channels_last memory format (``channels_last``; default: the run's ``eval.channels_last``).
     """
 
     def __init__(
@@ -68,6 +73,8 @@ class Segmenter:
         scales: Sequence[float] | None = None,
         flip: bool | None = None,
         amp: str | None = None,
+        compile: bool = False,
+        channels_last: bool | None = None,
         source: str = "<model>",
     ) -> None:
         try:
@@ -94,8 +101,17 @@ class Segmenter:
         # Autocast as in evaluation (train.amp: bf16 on CUDA by default, off on CPU) unless ``amp`` says.
         self._amp = amp_dtype(amp if amp is not None else cfg.train.amp, self.device)
         self.transform = build_transform(cfg.data.to_dict(), train=False)
-        if isinstance(model, torch.nn.Module):
-            model.to(self.device).eval()
+        torch_model = isinstance(model, torch.nn.Module)
+        if not torch_model and (compile or channels_last):
+            raise ValueError(
+                f"compile and channels_last apply to PyTorch models, not to a {type(model).__name__}"
+            )
+        self.compiled = bool(compile)
+        if channels_last is None:
+            channels_last = cfg.eval.channels_last
+        self.channels_last = torch_model and bool(channels_last)
+        if torch_model:
+            prepare_model(model, self.device, self.compiled, self.channels_last).eval()
 
     @property
     def num_classes(self) -> int:
@@ -147,7 +163,9 @@ class Segmenter:
         size = images[0].shape[:2]
         assert all(im.shape[:2] == size for im in images), "a batch shares one image size"
         x = torch.stack([self._tensor(im) for im in images]).to(self.device)
-        with self._autocast():
+        if self.channels_last:
+            x = to_channels_last(x)
+        with self._autocast(), logged_compile(f"inference on {len(images)} image(s) of {size[0]}x{size[1]}"):
             return predict(
                 self.model, x, self.mode, self.crop_size, self.stride, self.scales, self.flip, out_size=size
             ).float()
@@ -185,5 +203,6 @@ class Segmenter:
     def __repr__(self) -> str:
         return (
             f"Segmenter({self.source}, {self.num_classes} classes, mode={self.mode}, scales={self.scales}, "
-            f"flip={self.flip}, device={self.device})"
+            f"flip={self.flip}, device={self.device}{', compiled' if self.compiled else ''}"
+            f"{', channels_last' if self.channels_last else ''})"
         )
