@@ -7,6 +7,7 @@ parameters and is batch-independent: a sample's output never depends on the othe
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -114,20 +115,10 @@ def stats_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-class _float32_stats:
-    """Context that switches autocast off while statistics are computed in float32."""
-
-    def __init__(self, x: Tensor) -> None:
-        self.device_type = x.device.type
-        self.active = torch.amp.is_autocast_available(self.device_type) and torch.is_autocast_enabled(
-            self.device_type
-        )
-        self.ctx = torch.autocast(self.device_type, enabled=False) if self.active else None
-
-    def __enter__(self) -> None:
-        if self.ctx is not None:
-            self.ctx.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
+def _float32_stats(x: Tensor) -> contextlib.AbstractContextManager:
+    """Context that switches autocast off while statistics are computed in float32 (a plain
+    ``torch.autocast`` object, which torch.compile traces without a graph break)."""
+    device_type = x.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()

@@ -193,3 +193,15 @@ def test_dropout_mask_drops_each_value_with_probability_p(p):
     torch.manual_seed(0)
     assert torch.equal(dropout_mask(like, p), mask)  # the global seed makes it reproducible
     assert not torch.equal(dropout_mask(like, p), mask)
+
+
+@pytest.mark.slow
+def test_compiled_layer_under_autocast_has_no_graph_break():
+    torch.manual_seed(0)
+    layer = KNConv2d(8, 6, 2, stride=2, relu=True).eval()
+    x = torch.rand(1, 8, 16, 16)
+    compiled = torch.compile(layer, fullgraph=True)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out_c, out_e = compiled(x), layer(x)
+    assert out_c.dtype == out_e.dtype == torch.bfloat16
+    assert (out_c.float() - out_e.float()).abs().max() < 2e-2
