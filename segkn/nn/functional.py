@@ -351,7 +351,6 @@ class _KNConv2dFunction(torch.autograd.Function):
             out = _epilogue_inplace(_conv(xc, wc, geo), mean, inv_std, weight, bias, relu).to(conv_dtype)
 
         ctx.geo, ctx.scale, ctx.eps, ctx.relu = geo, scale, eps, relu
-        ctx.has_bias = bias is not None
         ctx.dtypes = (x.dtype, weight.dtype, bias.dtype if bias is not None else None)
         ctx.save_for_backward(xc, wc, dropped, mean_px, square_px, real, mean, inv_std, out, bias)
         return out
