@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, safe (weights_only) reads, and RNG state capture."""
+"""Checkpoint files: atomic writes, safe (weights_only) reads, the model a checkpoint holds, RNG state."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from segkn.atomic import atomic_open
+from segkn.config import ConfigError, config_from_dict
 
 __all__ = [
     "FORMAT",
@@ -24,6 +26,7 @@ __all__ = [
     "capture_rng_state",
     "file_sha256",
     "load_checkpoint",
+    "model_from_checkpoint",
     "plain_state_dict",
     "publish_checkpoint",
     "restore_rng_state",
@@ -168,6 +171,27 @@ def plain_state_dict(state: dict[str, Any]) -> dict[str, Any]:
     if not any("_orig_mod." in key for key in state):
         return state
     return {key.replace("_orig_mod.", ""): value for key, value in state.items()}
+
+
+def model_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a segkn checkpoint describes (its own model config), with its weights loaded."""
+    from segkn.models import build_model  # imported on use: reading checkpoints needs no models
+
+    ckpt = load_checkpoint(checkpoint)
+    try:
+        model_cfg = config_from_dict(ckpt["config"], source=f"{checkpoint} (its config)").model
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    # The checkpoint holds every weight: the encoder initialization file it was trained from is not
+    # needed (nor, on another machine, present).
+    model = build_model({**model_cfg.to_dict(), "encoder_weights": None})
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{checkpoint}: weights do not fit its model: {str(err).splitlines()[0]}"
+        ) from None
+    return model, ckpt
 
 
 # what a released checkpoint keeps: enough to rebuild, run and describe the model, no training state

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from segkn.data.cityscapes import CityscapesDataset, train_ids_to_label_ids
 from segkn.data.io import write_png
 from segkn.engine.acceleration import compile_enabled, prepare_model, to_channels_last
-from segkn.engine.evaluator import predict
+from segkn.models.prediction import predict
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ def export_cityscapes_submission(
 
 def submission_from_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir: str | Path) -> list[Path]:
     """Load ``checkpoint`` (its own model config) and export the Cityscapes ``split`` with ``cfg.eval``."""
+    from segkn.engine.checkpoint import model_from_checkpoint
     from segkn.engine.device import resolve_device
-    from segkn.engine.evaluator import model_from_checkpoint
     from segkn.engine.loaders import build_split
 
     model, _ = model_from_checkpoint(checkpoint)
