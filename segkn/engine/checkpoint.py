@@ -25,6 +25,7 @@ __all__ = [
     "CheckpointError",
     "capture_rng_state",
     "file_sha256",
+    "first_line",
     "load_checkpoint",
     "model_from_checkpoint",
     "plain_state_dict",
@@ -83,7 +84,8 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
         torch.save(data, f)
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """``"ErrorType: first line of its message"``: an exception in a one-line error message."""
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
@@ -133,7 +135,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         detail = _refusal_detail(err)
         if detail is None:
             raise CheckpointError(
-                f"{path}: cannot read the checkpoint, it is corrupt ({_first_line(err)})"
+                f"{path}: cannot read the checkpoint, it is corrupt ({first_line(err)})"
             ) from None
         raise CheckpointError(
             f"{path}: refused by the safe loader (torch.load weights_only=True): {detail}. Nothing in the "
@@ -145,7 +147,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     except Exception as err:  # torch raises RuntimeError, EOFError, KeyError, ... for damaged files
         raise CheckpointError(
             f"{path}: cannot read the checkpoint; the file is truncated or corrupt, or is not a PyTorch file "
-            f"({_first_line(err)})"
+            f"({first_line(err)})"
         ) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a segkn checkpoint: {_describe_foreign(obj)}")
