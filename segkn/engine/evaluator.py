@@ -25,7 +25,7 @@ from segkn.engine.loaders import build_eval_loader, build_split
 from segkn.engine.metrics import ConfusionMatrix
 from segkn.models.prediction import predict, same_size_batches
 
-__all__ = ["evaluate", "evaluate_checkpoint", "metrics_report", "write_report"]
+__all__ = ["evaluate", "evaluate_checkpoint", "metrics_report", "prediction_settings", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,25 @@ def _groups(pairs: list[tuple[Tensor, Tensor]]) -> Iterable[tuple[Tensor, Tensor
         yield torch.stack(images), torch.stack(masks)
 
 
+def prediction_settings(cfg: Config) -> dict[str, Any]:
+    """The `predict` and `evaluate` keywords that ``cfg.eval`` sets: mode, crop_size, stride, scales, flip."""
+    ev = cfg.eval
+    return {
+        "mode": ev.mode,
+        "crop_size": ev.crop_size,
+        "stride": ev.stride,
+        "scales": ev.scales,
+        "flip": ev.flip,
+    }
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
     data: Dataset | DataLoader,
     num_classes: int,
     device: torch.device | str = "cpu",
+    *,
     mode: str = "whole",
     crop_size: int | Sequence[int] | None = None,
     stride: int | Sequence[int] | None = None,
@@ -70,8 +83,9 @@ def evaluate(
 
     A dataset is split over the processes without duplicates (each rank takes every world_size-th
     sample), so the all-reduced matrix equals a single process's; a DataLoader is used as given.
-    ``model`` runs without its DDP wrapper (compiled, if it was compiled in place); with
-    ``channels_last`` the images are handed to it in that memory format.
+    ``mode``, ``crop_size``, ``stride``, ``scales`` and ``flip`` are `predict`'s (`prediction_settings`
+    reads them from a config). ``model`` runs without its DDP wrapper (compiled, if it was compiled in
+    place); with ``channels_last`` the images are handed to it in that memory format.
     """
     device = torch.device(device)
     if isinstance(data, DataLoader):
@@ -154,10 +168,7 @@ def evaluate_checkpoint(
     """
 
     split = split or cfg.data.val_split
-    cuda = cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available())
-    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    info = distributed.init_distributed("cuda" if cuda else "cpu")
-    try:
+    with distributed.process_group(cfg.train.device) as info:
         device = resolve_device(cfg.train.device, info.local_rank)
         model, ckpt = model_from_checkpoint(checkpoint)
         dataset = build_split(cfg, split, train=False)
@@ -172,19 +183,24 @@ def evaluate_checkpoint(
         log.info(
             "evaluating %s on %s %s (%d images, %s)", checkpoint, cfg.data.type, split, len(dataset), ev.mode
         )
+        settings = prediction_settings(cfg)
         cm = evaluate(
-            model, dataset, dataset.num_classes, device, ev.mode, ev.crop_size, ev.stride, ev.scales, ev.flip,
-            ev.batch_size, cfg.data.num_workers, amp_dtype(cfg.train.amp, device), progress, ev.channels_last,
-        )  # fmt: skip
+            model,
+            dataset,
+            dataset.num_classes,
+            device,
+            **settings,
+            batch_size=ev.batch_size,
+            num_workers=cfg.data.num_workers,
+            amp_dtype=amp_dtype(cfg.train.amp, device),
+            progress=progress,
+            channels_last=ev.channels_last,
+        )
         report = metrics_report(
             cm, dataset.classes, checkpoint=str(checkpoint), step=ckpt.get("step"), dataset=cfg.data.type,
-            split=split, mode=ev.mode, crop_size=ev.crop_size, stride=ev.stride, scales=ev.scales,
-            flip=ev.flip,
+            split=split, **settings,
         )  # fmt: skip
         table = cm.table(dataset.classes)
         if out_dir is not None and distributed.is_main():
             write_report(report, Path(out_dir) / f"eval_{split}.json", table)
         return report, table
-    finally:
-        if owns_group:
-            distributed.cleanup()

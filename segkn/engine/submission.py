@@ -30,6 +30,7 @@ def export_cityscapes_submission(
     dataset: CityscapesDataset,
     out_dir: str | Path,
     device: torch.device,
+    *,
     mode: str = "whole",
     crop_size: Sequence[int] | None = None,
     stride: Sequence[int] | None = None,
@@ -66,6 +67,7 @@ def submission_from_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir:
     """Load ``checkpoint`` (its own model config) and export the Cityscapes ``split`` with ``cfg.eval``."""
     from segkn.engine.checkpoint import model_from_checkpoint
     from segkn.engine.device import resolve_device
+    from segkn.engine.evaluator import prediction_settings
     from segkn.engine.loaders import build_split
 
     model, _ = model_from_checkpoint(checkpoint)
@@ -74,6 +76,5 @@ def submission_from_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir:
     ev = cfg.eval
     prepare_model(model, device, compile_enabled(ev.compile, device), ev.channels_last)
     return export_cityscapes_submission(
-        model, dataset, out_dir, device, ev.mode, ev.crop_size, ev.stride, ev.scales, ev.flip,
-        channels_last=ev.channels_last,
-    )  # fmt: skip
+        model, dataset, out_dir, device, **prediction_settings(cfg), channels_last=ev.channels_last
+    )

@@ -40,7 +40,7 @@ from segkn.engine.checkpoint import (
     save_checkpoint,
 )
 from segkn.engine.device import amp_dtype, resolve_device
-from segkn.engine.evaluator import evaluate, metrics_report
+from segkn.engine.evaluator import evaluate, metrics_report, prediction_settings
 from segkn.engine.loaders import build_split, build_train_loader, train_batches
 from segkn.engine.losses import SegmentationLoss
 from segkn.engine.run_log import RunLog
@@ -209,15 +209,8 @@ def train(
     that many iterations without changing the schedule, which is fixed by ``train.iterations``.
     Under torchrun each process calls this; the process group is set up and torn down here.
     """
-    device_word = cfg.train.device
-    cuda = device_word.startswith("cuda") or (device_word == "auto" and torch.cuda.is_available())
-    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    info = distributed.init_distributed("cuda" if cuda else "cpu")
-    try:
+    with distributed.process_group(cfg.train.device) as info:
         return _train(cfg, Path(run_dir) if run_dir else cfg.run_path, resume, init, stop_at, info.local_rank)
-    finally:
-        if owns_group:
-            distributed.cleanup()
 
 
 def _train(
@@ -319,8 +312,8 @@ def _train(
     def validate() -> dict[str, Any]:
         with stance(compile_eval):  # the model's format is the training's: train.channels_last
             cm = evaluate(
-                model, val_set, len(classes), device, cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride,
-                cfg.eval.scales, cfg.eval.flip, cfg.eval.batch_size, cfg.data.num_workers, amp,
+                model, val_set, len(classes), device, **prediction_settings(cfg),
+                batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, amp_dtype=amp,
                 channels_last=cfg.train.channels_last,
             )  # fmt: skip
         log.info("validation at iteration %d:\n%s", step, cm.table(classes))
@@ -364,11 +357,7 @@ def _train(
             bar.update()
 
             if step % cfg.train.log_interval == 0 or step == end:
-                mean_loss = window_loss / window_steps
-                if world > 1:
-                    t = torch.tensor([mean_loss], device=device)
-                    torch.distributed.all_reduce(t)
-                    mean_loss = t.item() / world
+                mean_loss = distributed.all_mean(window_loss / window_steps, device)
                 seconds = time.perf_counter() - window_start
                 speed = window_steps * cfg.train.accumulate * cfg.train.batch_size * world / seconds
                 if run_log is not None:

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,11 +8,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from segkn.engine.evaluator import evaluate, metrics_report, write_report
+from segkn.engine.evaluator import evaluate, metrics_report, prediction_settings, write_report
 from segkn.engine.loaders import ShardSampler, TrainSampler
 from segkn.engine.metrics import ConfusionMatrix
 from segkn.models import build_model
 from tests.engine.prediction_reference import PositionModel, top2_gap, tta_probabilities
+
+from ._configs import tiny_config
 
 
 def _pixelwise(num_classes=4, seed=0):
@@ -122,3 +125,25 @@ def test_evaluate_scores_slide_and_tta_predictions():
     # and the plain whole-image scores differ, so the settings were applied
     plain = evaluate(model, data, 4, progress=False)
     assert not torch.equal(plain.mat, cm.mat)
+
+
+def test_evaluate_takes_its_settings_by_keyword():
+    model, data = _pixelwise(), _Tiny(2)
+    with pytest.raises(TypeError, match="positional"):
+        evaluate(model, data, 4, "cpu", "slide")
+    cfg = tiny_config(Path("unused"), eval={"mode": "slide", "crop_size": [6, 6], "scales": [0.5, 1.0]})
+    settings = prediction_settings(cfg)
+    assert list(settings) == ["mode", "crop_size", "stride", "scales", "flip"]
+    assert settings == {key: getattr(cfg.eval, key) for key in settings} and settings["mode"] == "slide"
+    from_config = evaluate(model, data, 4, **settings, progress=False)
+    by_hand = evaluate(
+        model,
+        data,
+        4,
+        mode="slide",
+        crop_size=[6, 6],
+        stride=cfg.eval.stride,
+        scales=[0.5, 1.0],
+        progress=False,
+    )
+    assert torch.equal(from_config.mat, by_hand.mat)
