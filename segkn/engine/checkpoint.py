@@ -17,16 +17,19 @@ import torch
 from torch import nn
 
 from segkn.atomic import atomic_open
-from segkn.config import ConfigError, config_from_dict
+from segkn.config import Config, ConfigError, config_from_dict
+from segkn.engine import distributed
 
 __all__ = [
     "FORMAT",
     "VERSION",
     "CheckpointError",
     "capture_rng_state",
+    "checkpoint_payload",
     "file_sha256",
     "first_line",
     "load_checkpoint",
+    "load_init_weights",
     "model_from_checkpoint",
     "plain_state_dict",
     "publish_checkpoint",
@@ -194,6 +197,35 @@ def model_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, dict[str, 
             f"{checkpoint}: weights do not fit its model: {str(err).splitlines()[0]}"
         ) from None
     return model, ckpt
+
+
+def load_init_weights(model: nn.Module, path: str | Path) -> None:
+    """Start ``model`` from a segkn checkpoint's weights, skipping tensors whose name or shape differ."""
+    state = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fitting:
+        raise CheckpointError(
+            f"{path}: none of its {len(state)} weights fit this model (other architecture?)"
+        )
+    model.load_state_dict(fitting, strict=False)
+    skipped = sorted(set(own) - set(fitting))
+    log.info("initialized %d of %d tensors from %s", len(fitting), len(own), path)
+    if skipped:
+        log.warning("not in %s or of another shape, left as built: %s", path, ", ".join(skipped[:8]))
+
+
+def checkpoint_payload(
+    cfg: Config, model: nn.Module, classes: Any, palette: Any, **extra: Any
+) -> dict[str, Any]:
+    """The DESIGN.md checkpoint dict: config, weights, classes, palette and any of optimizer ... rng."""
+    return {
+        "config": cfg.to_dict(),
+        "model": distributed.unwrap(model).state_dict(),
+        "classes": [str(c) for c in classes],
+        "palette": [[int(v) for v in colour] for colour in palette],
+        **extra,
+    }
 
 
 # what a released checkpoint keeps: enough to rebuild, run and describe the model, no training state
