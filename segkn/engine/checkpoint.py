@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, safe (weights_only) reads, and RNG state capture."""
+"""Checkpoint files: atomic writes, safe (weights_only) reads, the model a checkpoint holds, RNG state."""
 
 from __future__ import annotations
 
@@ -14,16 +14,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from segkn.atomic import atomic_open
+from segkn.config import Config, ConfigError, config_from_dict
+from segkn.engine import distributed
 
 __all__ = [
     "FORMAT",
     "VERSION",
     "CheckpointError",
     "capture_rng_state",
+    "checkpoint_payload",
     "file_sha256",
+    "first_line",
     "load_checkpoint",
+    "load_init_weights",
+    "model_from_checkpoint",
     "plain_state_dict",
     "publish_checkpoint",
     "restore_rng_state",
@@ -80,7 +87,8 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
         torch.save(data, f)
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """``"ErrorType: first line of its message"``: an exception in a one-line error message."""
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
@@ -130,7 +138,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         detail = _refusal_detail(err)
         if detail is None:
             raise CheckpointError(
-                f"{path}: cannot read the checkpoint, it is corrupt ({_first_line(err)})"
+                f"{path}: cannot read the checkpoint, it is corrupt ({first_line(err)})"
             ) from None
         raise CheckpointError(
             f"{path}: refused by the safe loader (torch.load weights_only=True): {detail}. Nothing in the "
@@ -142,7 +150,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     except Exception as err:  # torch raises RuntimeError, EOFError, KeyError, ... for damaged files
         raise CheckpointError(
             f"{path}: cannot read the checkpoint; the file is truncated or corrupt, or is not a PyTorch file "
-            f"({_first_line(err)})"
+            f"({first_line(err)})"
         ) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a segkn checkpoint: {_describe_foreign(obj)}")
@@ -168,6 +176,56 @@ def plain_state_dict(state: dict[str, Any]) -> dict[str, Any]:
     if not any("_orig_mod." in key for key in state):
         return state
     return {key.replace("_orig_mod.", ""): value for key, value in state.items()}
+
+
+def model_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a segkn checkpoint describes (its own model config), with its weights loaded."""
+    from segkn.models import build_model  # imported on use: reading checkpoints needs no models
+
+    ckpt = load_checkpoint(checkpoint)
+    try:
+        model_cfg = config_from_dict(ckpt["config"], source=f"{checkpoint} (its config)").model
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    # The checkpoint holds every weight: the encoder initialization file it was trained from is not
+    # needed (nor, on another machine, present).
+    model = build_model({**model_cfg.to_dict(), "encoder_weights": None})
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{checkpoint}: weights do not fit its model: {str(err).splitlines()[0]}"
+        ) from None
+    return model, ckpt
+
+
+def load_init_weights(model: nn.Module, path: str | Path) -> None:
+    """Start ``model`` from a segkn checkpoint's weights, skipping tensors whose name or shape differ."""
+    state = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fitting:
+        raise CheckpointError(
+            f"{path}: none of its {len(state)} weights fit this model (other architecture?)"
+        )
+    model.load_state_dict(fitting, strict=False)
+    skipped = sorted(set(own) - set(fitting))
+    log.info("initialized %d of %d tensors from %s", len(fitting), len(own), path)
+    if skipped:
+        log.warning("not in %s or of another shape, left as built: %s", path, ", ".join(skipped[:8]))
+
+
+def checkpoint_payload(
+    cfg: Config, model: nn.Module, classes: Any, palette: Any, **extra: Any
+) -> dict[str, Any]:
+    """The DESIGN.md checkpoint dict: config, weights, classes, palette and any of optimizer ... rng."""
+    return {
+        "config": cfg.to_dict(),
+        "model": distributed.unwrap(model).state_dict(),
+        "classes": [str(c) for c in classes],
+        "palette": [[int(v) for v in colour] for colour in palette],
+        **extra,
+    }
 
 
 # what a released checkpoint keeps: enough to rebuild, run and describe the model, no training state

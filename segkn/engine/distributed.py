@@ -1,10 +1,11 @@
-"""Process groups from torchrun's environment, rank helpers and the DDP wrapper."""
+"""torchrun's process group (``process_group``), rank helpers, reductions and the DDP wrapper."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -15,12 +16,14 @@ from torch import nn
 __all__ = [
     "DistInfo",
     "all_gather_objects",
+    "all_mean",
     "all_true",
     "barrier",
     "cleanup",
     "init_distributed",
     "is_main",
     "on_main",
+    "process_group",
     "rank",
     "unwrap",
     "world_size",
@@ -81,6 +84,24 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def process_group(device: str) -> Iterator[DistInfo]:
+    """Within the block, this process is in torchrun's process group (if torchrun started it).
+
+    ``device`` is the config's device word (auto | cpu | cuda | cuda:N): the group uses nccl for CUDA
+    and gloo otherwise. A group that already exists when the block starts is used and left standing;
+    one made here is destroyed at the end of the block, also when it ends by an error.
+    """
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    owned = not (dist.is_available() and dist.is_initialized())
+    info = init_distributed("cuda" if cuda else "cpu")
+    try:
+        yield info
+    finally:
+        if owned:
+            cleanup()
+
+
 def rank() -> int:
     """Global rank of this process (0 without a process group)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -114,6 +135,15 @@ def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
+
+
+def all_mean(value: float, device: torch.device | str = "cpu") -> float:
+    """The mean of ``value`` over all processes (``value`` itself without a group)."""
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], device=device)
+    dist.all_reduce(t)
+    return t.item() / world_size()
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

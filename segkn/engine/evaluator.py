@@ -1,4 +1,4 @@
-"""Evaluation: whole-image or sliding-window inference with multi-scale and flip TTA, mIoU reports."""
+"""Evaluation: a model's confusion matrix on a dataset (predicted by `segkn.models.prediction`), reports."""
 
 from __future__ import annotations
 
@@ -11,126 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from segkn.atomic import atomic_open
-from segkn.config import Config, ConfigError, config_from_dict
+from segkn.config import Config
 from segkn.engine import distributed
 from segkn.engine.acceleration import compile_enabled, logged_compile, prepare_model, to_channels_last
-from segkn.engine.checkpoint import CheckpointError, load_checkpoint
+from segkn.engine.checkpoint import CheckpointError, model_from_checkpoint
 from segkn.engine.device import amp_dtype, resolve_device
 from segkn.engine.loaders import build_eval_loader, build_split
 from segkn.engine.metrics import ConfusionMatrix
+from segkn.models.prediction import predict, same_size_batches
 
-__all__ = [
-    "evaluate",
-    "evaluate_checkpoint",
-    "metrics_report",
-    "predict",
-    "predict_logits",
-    "slide_logits",
-    "write_report",
-]
+__all__ = ["evaluate", "evaluate_checkpoint", "metrics_report", "prediction_settings", "write_report"]
 
 log = logging.getLogger(__name__)
-
-
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def slide_logits(
-    model: nn.Module,
-    x: Tensor,
-    crop_size: int | Sequence[int],
-    stride: int | Sequence[int],
-    window_batch: int = 4,
-) -> Tensor:
-    """Logits for ``x`` (N, 3, H, W) from overlapping ``crop_size`` windows every ``stride`` pixels.
-
-    Windows cover the image edge to edge (the last one in a row or column is shifted back inside the
-    image); where windows overlap their logits are averaged. A crop at least as large as the image is
-    one window: the result equals a whole-image forward pass.
-    """
-    (ch, cw), (sh, sw) = _pair(crop_size), _pair(stride)
-    n, _, h, w = x.shape
-    ch, cw = min(ch, h), min(cw, w)
-    rows = math.ceil(max(h - ch, 0) / sh) + 1
-    cols = math.ceil(max(w - cw, 0) / sw) + 1
-    boxes = [(min(r * sh, h - ch), min(c * sw, w - cw)) for r in range(rows) for c in range(cols)]
-    total: Tensor | None = None
-    count = x.new_zeros((1, 1, h, w))
-    for i in range(0, len(boxes), window_batch):
-        chunk = boxes[i : i + window_batch]
-        crops = torch.cat([x[:, :, y : y + ch, x0 : x0 + cw] for y, x0 in chunk])
-        out = model(crops).float()
-        if total is None:
-            total = out.new_zeros((n, out.shape[1], h, w))
-        for j, (y, x0) in enumerate(chunk):
-            total[:, :, y : y + ch, x0 : x0 + cw] += out[j * n : (j + 1) * n]
-            count[:, :, y : y + ch, x0 : x0 + cw] += 1
-    assert total is not None and bool((count > 0).all()), "windows must cover the image"
-    return total / count
-
-
-def predict_logits(
-    model: nn.Module,
-    x: Tensor,
-    mode: str = "whole",
-    crop_size: int | Sequence[int] | None = None,
-    stride: int | Sequence[int] | None = None,
-) -> Tensor:
-    """Float32 logits of ``x`` (N, 3, H, W) at its size, by a ``whole`` pass or a ``slide`` over windows."""
-    if mode == "whole":
-        return model(x).float()
-    if mode == "slide":
-        if crop_size is None:
-            raise ValueError("slide inference needs crop_size")
-        if stride is None:
-            stride = [max(1, math.ceil(2 * c / 3)) for c in _pair(crop_size)]
-        return slide_logits(model, x, crop_size, stride)
-    raise ValueError(f"unknown inference mode {mode!r}: expected whole or slide")
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module,
-    x: Tensor,
-    mode: str = "whole",
-    crop_size: int | Sequence[int] | None = None,
-    stride: int | Sequence[int] | None = None,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    out_size: Sequence[int] | None = None,
-) -> Tensor:
-    """Class probabilities (N, K, *out_size) for ``x``, averaged over rescaled and flipped copies.
-
-    Each scale ``s`` runs on ``x`` resized to ``round(s * H) x round(s * W)``; with ``flip`` also on its
-    mirror image. Logits are resized bilinearly to ``out_size`` (default: ``x``'s size) before softmax.
-    """
-    h, w = x.shape[-2:]
-    size = tuple(out_size) if out_size is not None else (h, w)
-    probs: Tensor | None = None
-    views = 0
-    for scale in scales:
-        xs = x
-        if scale != 1.0:
-            scaled = (max(1, round(h * scale)), max(1, round(w * scale)))
-            xs = F.interpolate(x, size=scaled, mode="bilinear", align_corners=False)
-        for mirrored in (False, True) if flip else (False,):
-            logits = predict_logits(model, xs.flip(-1) if mirrored else xs, mode, crop_size, stride)
-            if mirrored:
-                logits = logits.flip(-1)
-            if logits.shape[-2:] != size:
-                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-            p = logits.softmax(1)
-            probs = p if probs is None else probs + p
-            views += 1
-    assert probs is not None, "at least one scale"
-    return probs / views
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -147,15 +44,21 @@ def _pairs(batch: Any) -> list[tuple[Tensor, Tensor]]:
 
 def _groups(pairs: list[tuple[Tensor, Tensor]]) -> Iterable[tuple[Tensor, Tensor]]:
     """Stack runs of samples whose image and mask sizes agree, so they share one forward pass."""
-    start = 0
-    while start < len(pairs):
-        end = start + 1
-        key = (pairs[start][0].shape, pairs[start][1].shape)
-        while end < len(pairs) and (pairs[end][0].shape, pairs[end][1].shape) == key:
-            end += 1
-        images, masks = zip(*pairs[start:end], strict=True)
+    for run in same_size_batches(pairs, lambda pair: (pair[0].shape, pair[1].shape)):
+        images, masks = zip(*run, strict=True)
         yield torch.stack(images), torch.stack(masks)
-        start = end
+
+
+def prediction_settings(cfg: Config) -> dict[str, Any]:
+    """The `predict` and `evaluate` keywords that ``cfg.eval`` sets: mode, crop_size, stride, scales, flip."""
+    ev = cfg.eval
+    return {
+        "mode": ev.mode,
+        "crop_size": ev.crop_size,
+        "stride": ev.stride,
+        "scales": ev.scales,
+        "flip": ev.flip,
+    }
 
 
 @torch.no_grad()
@@ -164,6 +67,7 @@ def evaluate(
     data: Dataset | DataLoader,
     num_classes: int,
     device: torch.device | str = "cpu",
+    *,
     mode: str = "whole",
     crop_size: int | Sequence[int] | None = None,
     stride: int | Sequence[int] | None = None,
@@ -179,8 +83,9 @@ def evaluate(
 
     A dataset is split over the processes without duplicates (each rank takes every world_size-th
     sample), so the all-reduced matrix equals a single process's; a DataLoader is used as given.
-    ``model`` runs without its DDP wrapper (compiled, if it was compiled in place); with
-    ``channels_last`` the images are handed to it in that memory format.
+    ``mode``, ``crop_size``, ``stride``, ``scales`` and ``flip`` are `predict`'s (`prediction_settings`
+    reads them from a config). ``model`` runs without its DDP wrapper (compiled, if it was compiled in
+    place); with ``channels_last`` the images are handed to it in that memory format.
     """
     device = torch.device(device)
     if isinstance(data, DataLoader):
@@ -248,27 +153,6 @@ def write_report(report: dict[str, Any], json_path: str | Path, table: str | Non
         _write_atomic(json_path.with_suffix(".txt"), table + "\n")
 
 
-def model_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The model a segkn checkpoint describes (its own model config), with its weights loaded."""
-    from segkn.models import build_model  # models are only needed here, not by `evaluate`
-
-    ckpt = load_checkpoint(checkpoint)
-    try:
-        model_cfg = config_from_dict(ckpt["config"], source=f"{checkpoint} (its config)").model
-    except ConfigError as err:
-        raise CheckpointError(str(err)) from None
-    # The checkpoint holds every weight: the encoder initialization file it was trained from is not
-    # needed (nor, on another machine, present).
-    model = build_model({**model_cfg.to_dict(), "encoder_weights": None})
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{checkpoint}: weights do not fit its model: {str(err).splitlines()[0]}"
-        ) from None
-    return model, ckpt
-
-
 def evaluate_checkpoint(
     cfg: Config,
     checkpoint: str | Path,
@@ -284,10 +168,7 @@ def evaluate_checkpoint(
     """
 
     split = split or cfg.data.val_split
-    cuda = cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available())
-    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    info = distributed.init_distributed("cuda" if cuda else "cpu")
-    try:
+    with distributed.process_group(cfg.train.device) as info:
         device = resolve_device(cfg.train.device, info.local_rank)
         model, ckpt = model_from_checkpoint(checkpoint)
         dataset = build_split(cfg, split, train=False)
@@ -302,19 +183,24 @@ def evaluate_checkpoint(
         log.info(
             "evaluating %s on %s %s (%d images, %s)", checkpoint, cfg.data.type, split, len(dataset), ev.mode
         )
+        settings = prediction_settings(cfg)
         cm = evaluate(
-            model, dataset, dataset.num_classes, device, ev.mode, ev.crop_size, ev.stride, ev.scales, ev.flip,
-            ev.batch_size, cfg.data.num_workers, amp_dtype(cfg.train.amp, device), progress, ev.channels_last,
-        )  # fmt: skip
+            model,
+            dataset,
+            dataset.num_classes,
+            device,
+            **settings,
+            batch_size=ev.batch_size,
+            num_workers=cfg.data.num_workers,
+            amp_dtype=amp_dtype(cfg.train.amp, device),
+            progress=progress,
+            channels_last=ev.channels_last,
+        )
         report = metrics_report(
             cm, dataset.classes, checkpoint=str(checkpoint), step=ckpt.get("step"), dataset=cfg.data.type,
-            split=split, mode=ev.mode, crop_size=ev.crop_size, stride=ev.stride, scales=ev.scales,
-            flip=ev.flip,
+            split=split, **settings,
         )  # fmt: skip
         table = cm.table(dataset.classes)
         if out_dir is not None and distributed.is_main():
             write_report(report, Path(out_dir) / f"eval_{split}.json", table)
         return report, table
-    finally:
-        if owns_group:
-            distributed.cleanup()

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from segkn.data.cityscapes import CityscapesDataset, train_ids_to_label_ids
 from segkn.data.io import write_png
 from segkn.engine.acceleration import compile_enabled, prepare_model, to_channels_last
-from segkn.engine.evaluator import predict
+from segkn.models.prediction import predict
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ def export_cityscapes_submission(
     dataset: CityscapesDataset,
     out_dir: str | Path,
     device: torch.device,
+    *,
     mode: str = "whole",
     crop_size: Sequence[int] | None = None,
     stride: Sequence[int] | None = None,
@@ -64,8 +65,9 @@ def export_cityscapes_submission(
 
 def submission_from_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir: str | Path) -> list[Path]:
     """Load ``checkpoint`` (its own model config) and export the Cityscapes ``split`` with ``cfg.eval``."""
+    from segkn.engine.checkpoint import model_from_checkpoint
     from segkn.engine.device import resolve_device
-    from segkn.engine.evaluator import model_from_checkpoint
+    from segkn.engine.evaluator import prediction_settings
     from segkn.engine.loaders import build_split
 
     model, _ = model_from_checkpoint(checkpoint)
@@ -74,6 +76,5 @@ def submission_from_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir:
     ev = cfg.eval
     prepare_model(model, device, compile_enabled(ev.compile, device), ev.channels_last)
     return export_cityscapes_submission(
-        model, dataset, out_dir, device, ev.mode, ev.crop_size, ev.stride, ev.scales, ev.flip,
-        channels_last=ev.channels_last,
-    )  # fmt: skip
+        model, dataset, out_dir, device, **prediction_settings(cfg), channels_last=ev.channels_last
+    )

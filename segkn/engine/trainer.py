@@ -1,22 +1,20 @@
 """Training: an iteration-based loop with validation, checkpoints, exact resume, DDP, AMP and accumulation.
 
-``_train`` reads from top to bottom: data, model, optimizer and schedule, loss, resume, then the loop.
-One run writes one directory: config.yaml, last.pth, best.pth, metrics.jsonl, tensorboard/, train.log.
+`train` sets up the process group and hands over to a `Trainer`, whose methods are the run's steps in
+order: set up (data, model, optimizer, schedule, loss), `resume`, then `run`: `step`, `validate`, `save`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
-import random
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -35,114 +33,33 @@ from segkn.engine.acceleration import (
 from segkn.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
+    checkpoint_payload,
     load_checkpoint,
-    restore_rng_state,
+    load_init_weights,
     save_checkpoint,
 )
 from segkn.engine.device import amp_dtype, resolve_device
-from segkn.engine.evaluator import evaluate, metrics_report
+from segkn.engine.evaluator import evaluate, metrics_report, prediction_settings
 from segkn.engine.loaders import build_split, build_train_loader, train_batches
 from segkn.engine.losses import SegmentationLoss
 from segkn.engine.run_log import RunLog
+from segkn.engine.run_state import (
+    restore_rng,
+    restore_schedule,
+    run_config,
+    seed_everything,
+    warn_config_changes,
+)
 from segkn.engine.schedules import build_optimizer, build_scheduler
 from segkn.models import build_model
 
-__all__ = [
-    "TrainingDiverged",
-    "checkpoint_payload",
-    "load_init_weights",
-    "seed_everything",
-    "train",
-    "train_step",
-]
+__all__ = ["Trainer", "TrainingDiverged", "train", "train_step"]
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python's, numpy's and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def load_init_weights(model: nn.Module, path: str | Path) -> None:
-    """Start ``model`` from a segkn checkpoint's weights, skipping tensors whose name or shape differ."""
-    state = load_checkpoint(path)["model"]
-    own = model.state_dict()
-    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not fitting:
-        raise CheckpointError(
-            f"{path}: none of its {len(state)} weights fit this model (other architecture?)"
-        )
-    model.load_state_dict(fitting, strict=False)
-    skipped = sorted(set(own) - set(fitting))
-    log.info("initialized %d of %d tensors from %s", len(fitting), len(own), path)
-    if skipped:
-        log.warning("not in %s or of another shape, left as built: %s", path, ", ".join(skipped[:8]))
-
-
-def checkpoint_payload(
-    cfg: Config, model: nn.Module, classes: Any, palette: Any, **extra: Any
-) -> dict[str, Any]:
-    """The DESIGN.md checkpoint dict: config, weights, classes, palette and any of optimizer ... rng."""
-    return {
-        "config": cfg.to_dict(),
-        "model": distributed.unwrap(model).state_dict(),
-        "classes": [str(c) for c in classes],
-        "palette": [[int(v) for v in colour] for colour in palette],
-        **extra,
-    }
-
-
-def _run_config(cfg: Config, run_dir: Path, num_classes: int) -> Config:
-    """``cfg`` with the run directory and the dataset's class count written in, as saved with the run."""
-    cfg = copy.deepcopy(cfg)
-    cfg.run_dir, cfg.name = str(run_dir.parent), run_dir.name
-    if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
-        raise ConfigError(
-            f"model.num_classes: {cfg.model.num_classes}, but the {cfg.data.type} dataset has {num_classes} "
-            "classes (leave it null to take the dataset's)"
-        )
-    cfg.model.num_classes = num_classes
-    return cfg
-
-
-def _warn_config_changes(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> None:
-    for key in sorted((set(saved) | set(current)) - {"run_dir", "name"}):
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            _warn_config_changes(a, b, f"{prefix}{key}.")
-        elif a != b:
-            log.warning("resuming with %s%s = %r (the checkpoint was made with %r)", prefix, key, b, a)
-
-
-def _restore_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, state: Mapping[str, Any]) -> None:
-    """Restore the schedule's position; its shape (lr, iterations, warmup) comes from the current config.
-
-    With an unchanged config this is an exact restore; with e.g. more iterations the run continues on
-    the longer schedule from its current step.
-    """
-    shape = {key: scheduler.state_dict()[key] for key in ("lr_lambdas", "base_lrs")}
-    scheduler.load_state_dict({**state, **shape})
-    groups = scheduler.optimizer.param_groups
-    for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
-        group["initial_lr"], group["lr"] = base, base * factor(scheduler.last_epoch)
-
-
-def _restore_rng(ckpt: Mapping[str, Any], seed: int, step: int) -> None:
-    states = ckpt.get("rng_per_rank")
-    if distributed.world_size() > 1 and states is not None and len(states) == distributed.world_size():
-        restore_rng_state(states[distributed.rank()])
-    elif distributed.world_size() == 1 and ckpt.get("rng") is not None:
-        restore_rng_state(ckpt["rng"])
-    else:
-        log.warning("no random state saved for %d processes; reseeding", distributed.world_size())
-        seed_everything(seed + 1000 * step + distributed.rank())
 
 
 class _NonFiniteLoss(Exception):
@@ -209,202 +126,241 @@ def train(
     that many iterations without changing the schedule, which is fixed by ``train.iterations``.
     Under torchrun each process calls this; the process group is set up and torn down here.
     """
-    device_word = cfg.train.device
-    cuda = device_word.startswith("cuda") or (device_word == "auto" and torch.cuda.is_available())
-    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    info = distributed.init_distributed("cuda" if cuda else "cpu")
-    try:
-        return _train(cfg, Path(run_dir) if run_dir else cfg.run_path, resume, init, stop_at, info.local_rank)
-    finally:
-        if owns_group:
-            distributed.cleanup()
+    with distributed.process_group(cfg.train.device) as info:
+        run_path = Path(run_dir) if run_dir else cfg.run_path
+        trainer = Trainer(cfg, run_path, resume=resume, init=init, local_rank=info.local_rank)
+        return trainer.run(stop_at)
 
 
-def _train(
-    cfg: Config, run_dir: Path, resume: bool, init: str | Path | None, stop_at: int | None, local_rank: int
-) -> dict[str, Any]:
-    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
-    device = resolve_device(cfg.train.device, local_rank)
-    amp = amp_dtype(cfg.train.amp, device)
-    compile_train = compile_enabled(cfg.train.compile, device)
-    compile_eval = compile_enabled(cfg.eval.compile, device)
-    if cfg.train.aux_loss > 0:
-        raise ConfigError("train.aux_loss: segkn models have no auxiliary head; set it to 0")
-    last_path, best_path = run_dir / "last.pth", run_dir / "best.pth"
-    if resume and not last_path.is_file():
-        raise CheckpointError(f"{last_path}: no checkpoint to resume from (is {run_dir} a run directory?)")
-    if not resume and last_path.exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run ({last_path.name}); continue it with --resume {run_dir}, "
-            "or choose another --run-dir or name"
+@dataclass
+class _Window:
+    """The training loss and time since the last log line."""
+
+    loss: float = 0.0
+    steps: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+
+class Trainer:
+    """One training run: set up (the constructor), `resume`, then `run`, a loop of `step`s.
+
+    At their intervals the loop logs the loss, `validate`s (keeping best.pth) and `save`s last.pth. The
+    run directory gets config.yaml, last.pth, best.pth, metrics.jsonl, tensorboard/ and train.log.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        *,
+        resume: bool = False,
+        init: str | Path | None = None,
+        local_rank: int = 0,
+    ) -> None:
+        """Set up: check the run directory, seed, build data, model, optimizer, schedule and loss."""
+        self.run_dir = run_dir
+        self.last_path, self.best_path = run_dir / "last.pth", run_dir / "best.pth"
+        self.device = resolve_device(cfg.train.device, local_rank)
+        self.amp = amp_dtype(cfg.train.amp, self.device)
+        self.compile_train = compile_enabled(cfg.train.compile, self.device)
+        self.compile_eval = compile_enabled(cfg.eval.compile, self.device)
+        self._check_run_dir(resume)
+        seed_everything(cfg.seed)
+        self._build_data(cfg)
+        self._build_model(init)
+        self.iteration, self.best = 0, None
+        self.saved_iteration: int | None = None  # the iteration last.pth holds
+        self.run_log: RunLog | None = None
+        self._batches: Iterator[Any] | None = None
+        self._resumed_rng: Mapping[str, Any] | None = None  # random state to restore when the loop starts
+        if resume:
+            self.resume()
+
+    def _check_run_dir(self, resume: bool) -> None:
+        if resume and not self.last_path.is_file():
+            raise CheckpointError(
+                f"{self.last_path}: no checkpoint to resume from (is {self.run_dir} a run directory?)"
+            )
+        if not resume and self.last_path.exists():
+            raise ConfigError(
+                f"{self.run_dir} already holds a run ({self.last_path.name}); continue it with --resume "
+                f"{self.run_dir}, or choose another --run-dir or name"
+            )
+
+    def _build_data(self, cfg: Config) -> None:
+        """The training and validation splits, the run's config (with the class count) and the loader."""
+        world = distributed.world_size()
+        self.train_set = build_split(cfg, cfg.data.train_split, train=True)
+        self.val_set = build_split(cfg, cfg.data.val_split, train=False)
+        self.classes, self.palette = self.train_set.classes, self.train_set.palette
+        if len(self.train_set) // world < cfg.train.batch_size:
+            raise DatasetError(
+                f"split {cfg.data.train_split!r} has {len(self.train_set)} samples, fewer than one batch of "
+                f"{cfg.train.batch_size} per process ({world} processes); lower train.batch_size"
+            )
+        self.cfg = cfg = run_config(cfg, self.run_dir, len(self.classes))
+        self.loader = build_train_loader(
+            self.train_set, cfg.train.batch_size, cfg.seed, cfg.data.num_workers, distributed.rank(), world,
+            self.device.type == "cuda",
+        )  # fmt: skip
+
+    def _build_model(self, init: str | Path | None) -> None:
+        """The model (the same initial weights on every process), optimizer, schedule, scaler and loss."""
+        cfg, rank, t = self.cfg, distributed.rank(), self.cfg.train
+        self.model = build_model(cfg.model.to_dict())
+        if rank:
+            seed_everything(cfg.seed + rank)  # each process its own dropout draws
+        if init is not None:
+            load_init_weights(self.model, init)
+        # compiled in place (state_dict keys unchanged) before the DDP wrapper; a phase that is not to be
+        # compiled runs it eagerly (see `_stance`)
+        prepare_model(self.model, self.device, self.compile_train or self.compile_eval, t.channels_last)
+        self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.momentum, t.weight_decay)
+        self.scheduler = build_scheduler(
+            self.optimizer, t.iterations, t.poly_power, t.warmup_iters, t.warmup_ratio, t.min_lr
         )
-    seed_everything(cfg.seed)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.criterion = SegmentationLoss(t.dice_weight, t.lovasz_weight)
 
-    # data
-    train_set = build_split(cfg, cfg.data.train_split, train=True)
-    val_set = build_split(cfg, cfg.data.val_split, train=False)
-    classes, palette = train_set.classes, train_set.palette
-    if len(train_set) // world < cfg.train.batch_size:
-        raise DatasetError(
-            f"split {cfg.data.train_split!r} has {len(train_set)} samples, fewer than one batch of "
-            f"{cfg.train.batch_size} per process ({world} processes); lower train.batch_size"
-        )
-    cfg = _run_config(cfg, run_dir, len(classes))
-    loader = build_train_loader(
-        train_set, cfg.train.batch_size, cfg.seed, cfg.data.num_workers, rank, world, device.type == "cuda"
-    )
+    def resume(self) -> None:
+        """Continue from last.pth: weights, optimizer, schedule, scaler, iteration and best score.
 
-    # model, optimizer, schedule, loss
-    model = build_model(cfg.model.to_dict())  # the same initial weights on every process
-    if rank:
-        seed_everything(cfg.seed + rank)  # but each process its own dropout draws
-    if init is not None:
-        load_init_weights(model, init)
-    # compiled in place (state_dict keys unchanged) before the DDP wrapper; a phase that is not to be
-    # compiled runs it eagerly (see `stance`)
-    prepare_model(model, device, compile_train or compile_eval, cfg.train.channels_last)
-    optimizer = build_optimizer(
-        model, cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay
-    )
-    total = cfg.train.iterations
-    scheduler = build_scheduler(
-        optimizer,
-        total,
-        cfg.train.poly_power,
-        cfg.train.warmup_iters,
-        cfg.train.warmup_ratio,
-        cfg.train.min_lr,
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    criterion = SegmentationLoss(cfg.train.dice_weight, cfg.train.lovasz_weight)
-
-    # resume
-    step, best, ckpt = 0, None, None
-    if resume:
-        ckpt = load_checkpoint(last_path)
-        _warn_config_changes(ckpt["config"], cfg.to_dict())
+        Its random state is restored when the loop starts, after everything that draws from it is built.
+        """
+        ckpt = load_checkpoint(self.last_path)
+        warn_config_changes(ckpt["config"], self.cfg.to_dict())
         try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            _restore_schedule(scheduler, ckpt["scheduler"])
-            scaler.load_state_dict(ckpt.get("scaler") or {})
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            restore_schedule(self.scheduler, ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt.get("scaler") or {})
         except (KeyError, RuntimeError, ValueError) as err:
             raise CheckpointError(
-                f"{last_path}: cannot resume from it with this config: {str(err).splitlines()[0]}"
+                f"{self.last_path}: cannot resume from it with this config: {str(err).splitlines()[0]}"
             ) from None
-        step, best = int(ckpt["step"]), ckpt.get("best")
-        log.info("resuming %s at iteration %d of %d", run_dir, step, total)
-    model = distributed.wrap_model(model, device)
-    end = min(total, stop_at) if stop_at is not None else total
-    if main:
-        save_config(cfg, run_dir / "config.yaml")
-    distributed.barrier()
+        self.iteration, self.best = int(ckpt["step"]), ckpt.get("best")
+        self.saved_iteration = self.iteration
+        self._resumed_rng = {key: ckpt.get(key) for key in ("rng", "rng_per_rank")}
+        log.info("resuming %s at iteration %d of %d", self.run_dir, self.iteration, self.cfg.train.iterations)
 
-    def save_last() -> None:
-        rng = distributed.all_gather_objects(capture_rng_state())
-        if not main:
-            return
-        extra = {"rng_per_rank": rng} if world > 1 else {}
-        payload = checkpoint_payload(
-            cfg, model, classes, palette, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict(), step=step, best=best, rng=rng[0], **extra,
-        )  # fmt: skip
-        save_checkpoint(last_path, payload)
+    def run(self, stop_at: int | None = None) -> dict[str, Any]:
+        """Train to ``train.iterations`` (or ``stop_at``); returns the run directory, iteration and best."""
+        cfg, t, main = self.cfg, self.cfg.train, distributed.is_main()
+        end = min(t.iterations, stop_at) if stop_at is not None else t.iterations
+        self.model = distributed.wrap_model(self.model, self.device)
+        if main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        distributed.barrier()
+        with contextlib.ExitStack() as stack:
+            self.run_log = stack.enter_context(RunLog(self.run_dir, self.saved_iteration)) if main else None
+            stack.enter_context(logging_redirect_tqdm())
+            bar = stack.enter_context(
+                tqdm(
+                    total=t.iterations,
+                    initial=self.iteration,
+                    desc="train",
+                    dynamic_ncols=True,
+                    disable=not main,
+                )
+            )
+            self._batches = train_batches(self.loader, self.iteration * t.accumulate)
+            if self._resumed_rng is not None:
+                restore_rng(self._resumed_rng, cfg.seed, self.iteration)  # last: building drew from it
+            window = _Window()
+            self.model.train()
+            while self.iteration < end:
+                lr = self.optimizer.param_groups[0]["lr"]
+                loss = self.step()
+                window.loss, window.steps = window.loss + loss, window.steps + 1
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
+                bar.update()
+                if self.iteration % t.log_interval == 0 or self.iteration == end:
+                    self._log_training(window, lr)
+                    window = _Window()
+                if self.iteration % t.val_interval == 0 or self.iteration == t.iterations:
+                    self.validate()
+                    window.start = time.perf_counter()
+                if self.iteration % t.checkpoint_interval == 0 or self.iteration == end:
+                    self.save()
+        distributed.barrier()
+        log.info("finished at iteration %d of %d; best val mIoU %s", self.iteration, t.iterations, self.best)
+        return {"run_dir": str(self.run_dir), "step": self.iteration, "best": self.best}
 
-    def stance(compiled: bool) -> contextlib.AbstractContextManager[object]:
-        if not (compile_train or compile_eval):
-            return contextlib.nullcontext()
-        return eager_unless(compiled)
+    def step(self) -> float:
+        """One optimizer step (``train.accumulate`` micro-batches), then a schedule step; returns the loss."""
+        t = self.cfg.train
+        assert self._batches is not None, "step() runs inside run()"
+        try:
+            with self._stance(self.compile_train), logged_compile(f"iteration {self.iteration + 1}"):
+                loss = train_step(
+                    self.model, self._batches, self.criterion, self.optimizer, self.scaler, t.accumulate,
+                    t.grad_clip, self.amp, t.channels_last,
+                )  # fmt: skip
+        except _NonFiniteLoss as err:
+            saved = self.saved_iteration
+            where = f"{self.last_path} (iteration {saved})" if saved else "none was written yet"
+            raise TrainingDiverged(
+                f"the loss is not finite ({err.value}) at iteration {self.iteration + 1} of {t.iterations}; "
+                f"training stopped and this state was not saved. Last good checkpoint: {where}. "
+                "Try a lower train.lr, train.grad_clip, or train.amp=off"
+            ) from None
+        self.scheduler.step()
+        self.iteration += 1
+        return loss
 
-    def validate() -> dict[str, Any]:
-        with stance(compile_eval):  # the model's format is the training's: train.channels_last
+    def _log_training(self, window: _Window, lr: float) -> None:
+        """Log the mean loss (over the window and all processes), the learning rate and the speed."""
+        t, world = self.cfg.train, distributed.world_size()
+        loss = distributed.all_mean(window.loss / window.steps, self.device)
+        speed = window.steps * t.accumulate * t.batch_size * world / (time.perf_counter() - window.start)
+        if self.run_log is not None:
+            epoch = self.iteration * t.accumulate // (len(self.train_set) // world // t.batch_size)
+            self.run_log.record("train", self.iteration, loss=loss, lr=lr, epoch=epoch, images_per_s=speed)
+        log.info(
+            "iteration %d/%d  loss %.4f  lr %.3g  %.1f img/s", self.iteration, t.iterations, loss, lr, speed
+        )
+
+    def validate(self) -> dict[str, Any]:
+        """Score the validation split, keep best.pth if the mIoU improved, record the scores."""
+        cfg = self.cfg
+        with self._stance(self.compile_eval):  # the model's format is the training's: train.channels_last
             cm = evaluate(
-                model, val_set, len(classes), device, cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride,
-                cfg.eval.scales, cfg.eval.flip, cfg.eval.batch_size, cfg.data.num_workers, amp,
+                self.model, self.val_set, len(self.classes), self.device, **prediction_settings(cfg),
+                batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, amp_dtype=self.amp,
                 channels_last=cfg.train.channels_last,
             )  # fmt: skip
-        log.info("validation at iteration %d:\n%s", step, cm.table(classes))
-        return metrics_report(cm, classes, step=step, split=cfg.data.val_split)
+        log.info("validation at iteration %d:\n%s", self.iteration, cm.table(self.classes))
+        report = metrics_report(cm, self.classes, step=self.iteration, split=cfg.data.val_split)
+        miou = report["miou"]
+        if miou is not None and (self.best is None or miou > self.best["miou"]):
+            self.best = {"miou": miou, "step": self.iteration}
+            if distributed.is_main():
+                payload = checkpoint_payload(
+                    cfg, self.model, self.classes, self.palette, step=self.iteration, best=self.best
+                )
+                save_checkpoint(self.best_path, payload)
+        if self.run_log is not None:
+            per_class = {f"iou/{c['name']}": c["iou"] for c in report["classes"] if c["iou"] is not None}
+            scores = {key: report[key] for key in ("miou", "aacc", "macc")}
+            self.run_log.record("val", self.iteration, **scores, **per_class)
+        self.model.train()
+        return report
 
-    # the loop
-    with contextlib.ExitStack() as stack:
-        run_log = stack.enter_context(RunLog(run_dir, step if resume else None)) if main else None
-        stack.enter_context(logging_redirect_tqdm())
-        bar = stack.enter_context(
-            tqdm(total=total, initial=step, desc="train", dynamic_ncols=True, disable=not main)
-        )
-        per_epoch = len(train_set) // world // cfg.train.batch_size
-        consumed = step * cfg.train.accumulate
-        batches = train_batches(loader, consumed)
-        if ckpt is not None:
-            _restore_rng(ckpt, cfg.seed, step)  # last: building the model and loaders drew from it
-        saved_step = step if resume else None
-        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-        model.train()
-        while step < end:
-            lr = optimizer.param_groups[0]["lr"]
-            try:
-                with stance(compile_train), logged_compile(f"iteration {step + 1}"):
-                    step_loss = train_step(
-                        model, batches, criterion, optimizer, scaler, cfg.train.accumulate,
-                        cfg.train.grad_clip, amp, cfg.train.channels_last,
-                    )  # fmt: skip
-            except _NonFiniteLoss as err:
-                where = f"{last_path} (iteration {saved_step})" if saved_step else "none was written yet"
-                raise TrainingDiverged(
-                    f"the loss is not finite ({err.value}) at iteration {step + 1} of {total}; training "
-                    f"stopped and this state was not saved. Last good checkpoint: {where}. "
-                    "Try a lower train.lr, train.grad_clip, or train.amp=off"
-                ) from None
-            scheduler.step()
-            step += 1
-            consumed += cfg.train.accumulate
-            window_loss, window_steps = window_loss + step_loss, window_steps + 1
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.3g}", refresh=False)
-            bar.update()
+    def save(self) -> None:
+        """Write last.pth: weights, optimizer, schedule, scaler, iteration, best and every process's RNG."""
+        rng = distributed.all_gather_objects(capture_rng_state())
+        if distributed.is_main():
+            extra = {"rng_per_rank": rng} if len(rng) > 1 else {}
+            payload = checkpoint_payload(
+                self.cfg, self.model, self.classes, self.palette, optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), step=self.iteration,
+                best=self.best, rng=rng[0], **extra,
+            )  # fmt: skip
+            save_checkpoint(self.last_path, payload)
+        self.saved_iteration = self.iteration
 
-            if step % cfg.train.log_interval == 0 or step == end:
-                mean_loss = window_loss / window_steps
-                if world > 1:
-                    t = torch.tensor([mean_loss], device=device)
-                    torch.distributed.all_reduce(t)
-                    mean_loss = t.item() / world
-                seconds = time.perf_counter() - window_start
-                speed = window_steps * cfg.train.accumulate * cfg.train.batch_size * world / seconds
-                if run_log is not None:
-                    run_log.record(
-                        "train", step, loss=mean_loss, lr=lr, epoch=consumed // per_epoch, images_per_s=speed
-                    )
-                log.info("iteration %d/%d  loss %.4f  lr %.3g  %.1f img/s", step, total, mean_loss, lr, speed)
-                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-
-            if step % cfg.train.val_interval == 0 or step == total:
-                report = validate()
-                improved = best is None or report["miou"] is not None and report["miou"] > best["miou"]
-                if improved and report["miou"] is not None:
-                    best = {"miou": report["miou"], "step": step}
-                    if main:
-                        save_checkpoint(
-                            best_path, checkpoint_payload(cfg, model, classes, palette, step=step, best=best)
-                        )
-                if run_log is not None:
-                    per_class = {
-                        f"iou/{c['name']}": c["iou"] for c in report["classes"] if c["iou"] is not None
-                    }
-                    run_log.record(
-                        "val",
-                        step,
-                        miou=report["miou"],
-                        aacc=report["aacc"],
-                        macc=report["macc"],
-                        **per_class,
-                    )
-                model.train()
-                window_start = time.perf_counter()
-
-            if step % cfg.train.checkpoint_interval == 0 or step == end:
-                save_last()
-                saved_step = step
-    distributed.barrier()
-    log.info("finished at iteration %d of %d; best val mIoU %s", step, total, best)
-    return {"run_dir": str(run_dir), "step": step, "best": best}
+    def _stance(self, compiled: bool) -> contextlib.AbstractContextManager[object]:
+        """Compiled modules run compiled (``compiled``) or eagerly; nothing to choose when none is."""
+        if not (self.compile_train or self.compile_eval):
+            return contextlib.nullcontext()
+        return eager_unless(compiled)

@@ -2,9 +2,13 @@ import pytest
 import torch
 
 from segkn.engine.acceleration import compile_enabled, compiled_graphs, to_channels_last
-from segkn.engine.checkpoint import load_checkpoint, save_checkpoint
-from segkn.engine.evaluator import model_from_checkpoint
-from segkn.engine.trainer import checkpoint_payload, train
+from segkn.engine.checkpoint import (
+    checkpoint_payload,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from segkn.engine.trainer import train
 from segkn.models import build_model
 
 from ._configs import tiny_config

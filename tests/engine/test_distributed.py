@@ -1,11 +1,12 @@
 """wrap_model under several processes: BatchNorm becomes SyncBatchNorm on CUDA, a KN model is wrapped as
 it is. DistributedDataParallel itself is replaced by a stand-in, so that no process group (nor GPU) is
-needed to see what it would be given."""
+needed to see what it would be given. process_group: which group a block joins and leaves."""
 
 import logging
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from segkn.engine import distributed
@@ -60,3 +61,34 @@ def test_a_kn_model_is_wrapped_as_it_is(two_processes, device):
 def test_one_process_is_not_wrapped():
     model = build_model({**SMALL, "encoder": "resnet18", "norm": "bn"})
     assert distributed.wrap_model(model, torch.device("cuda")) is model
+
+
+def _one_process_group(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    return distributed.DistInfo()
+
+
+def test_process_group_without_torchrun_is_one_process(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with distributed.process_group("cpu") as info:
+        assert info == distributed.DistInfo() and distributed.world_size() == 1
+    assert not dist.is_initialized()
+
+
+def test_process_group_made_for_the_block_is_destroyed_even_after_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(distributed, "init_distributed", lambda device_type: _one_process_group(tmp_path))
+    with pytest.raises(KeyError), distributed.process_group("cpu"):
+        assert dist.is_initialized()
+        raise KeyError("boom")
+    assert not dist.is_initialized()
+
+
+def test_process_group_that_already_exists_is_left_standing(tmp_path):
+    _one_process_group(tmp_path)
+    try:
+        with distributed.process_group("cpu") as info:
+            assert info.rank == 0 and info.world_size == 1
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()

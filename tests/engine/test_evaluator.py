@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,18 +8,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from segkn.engine.evaluator import (
-    evaluate,
-    metrics_report,
-    predict,
-    predict_logits,
-    slide_logits,
-    write_report,
-)
+from segkn.engine.evaluator import evaluate, metrics_report, prediction_settings, write_report
 from segkn.engine.loaders import ShardSampler, TrainSampler
 from segkn.engine.metrics import ConfusionMatrix
 from segkn.models import build_model
-from tests.engine.prediction_reference import PositionModel, top2_gap, tta_probabilities, window_average
+from tests.engine.prediction_reference import PositionModel, top2_gap, tta_probabilities
+
+from ._configs import tiny_config
 
 
 def _pixelwise(num_classes=4, seed=0):
@@ -32,46 +28,6 @@ def kn_model():
     torch.manual_seed(0)
     cfg = {"arch": "unet", "encoder": "knresnet18", "encoder_depth": 3, "num_classes": 3}
     return build_model({**cfg, "decoder_channels": [16, 16, 16]}).eval()
-
-
-@torch.no_grad()
-def test_slide_and_whole_give_same_shape(kn_model):
-    x = torch.rand(2, 3, 40, 52)
-    whole = predict_logits(kn_model, x, "whole")
-    slide = predict_logits(kn_model, x, "slide", crop_size=(32, 32), stride=(20, 20))
-    assert whole.shape == slide.shape == (2, 3, 40, 52)
-    assert torch.isfinite(slide).all()
-
-
-@torch.no_grad()
-@pytest.mark.parametrize("crop", [(40, 52), (64, 64), (100, 60)])
-def test_slide_with_crop_covering_the_image_equals_whole(kn_model, crop):
-    x = torch.rand(1, 3, 40, 52)
-    whole = predict_logits(kn_model, x, "whole")
-    assert torch.equal(predict_logits(kn_model, x, "slide", crop_size=crop, stride=(8, 8)), whole)
-
-
-@torch.no_grad()
-@pytest.mark.parametrize(("crop", "stride"), [((16, 16), (16, 16)), ((16, 24), (10, 7)), ((13, 50), (5, 50))])
-def test_slide_windows_tile_the_image_and_average_overlaps(crop, stride):
-    model = _pixelwise()
-    x = torch.rand(3, 3, 37, 45)
-    expected = model(x)
-    got = slide_logits(model, x, crop, stride, window_batch=3)
-    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
-
-
-@torch.no_grad()
-def test_tta_probabilities_at_the_label_size():
-    model = _pixelwise()
-    x = torch.rand(2, 3, 24, 32)
-    plain = predict(model, x)
-    torch.testing.assert_close(plain, model(x).softmax(1))
-    # a pixelwise model is mirror-symmetric: flipping changes nothing
-    torch.testing.assert_close(predict(model, x, flip=True), plain, rtol=1e-5, atol=1e-6)
-    multi = predict(model, x, scales=[0.5, 1.0, 1.5], flip=True, out_size=(48, 64))
-    assert multi.shape == (2, 4, 48, 64)
-    torch.testing.assert_close(multi.sum(1), torch.ones(2, 48, 64))
 
 
 class _Tiny(Dataset):
@@ -154,42 +110,6 @@ def test_report_json_has_null_for_absent_classes(tmp_path):
     assert "mIoU 50.00" in (tmp_path / "eval_val.txt").read_text()
 
 
-# ---- against hand-written sliding windows and TTA, with a model for which each step matters ----------
-
-
-@pytest.mark.parametrize(
-    ("size", "crop", "stride"),
-    [((37, 45), (16, 24), (10, 7)), ((40, 52), (24, 24), (16, 16)), ((30, 61), (13, 50), (5, 50))],
-)
-def test_slide_averages_the_windows_that_cover_each_pixel(size, crop, stride):
-    model = PositionModel()
-    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
-    expected = window_average(model, x, crop, stride)
-    with torch.no_grad():
-        assert (expected - model(x)).abs().max() > 0.1  # windows see other borders than the whole image
-        got = slide_logits(model, x, crop, stride, window_batch=3)
-    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize(("scales", "flip"), [((1.0,), True), ((0.75, 1.25), False), ((0.5, 1.0, 1.5), True)])
-def test_tta_averages_rescaled_and_unflipped_views(scales, flip):
-    model = PositionModel()
-    x = torch.rand(2, 3, 24, 32, generator=torch.Generator().manual_seed(1))
-    expected = tta_probabilities(model, x, (24, 32), scales, flip)
-    assert (expected - tta_probabilities(model, x, (24, 32))).abs().max() > 0.05  # TTA changes it
-    got = predict(model, x, scales=scales, flip=flip)
-    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
-
-
-def test_slide_with_tta_at_the_label_size():
-    model = PositionModel()
-    x = torch.rand(1, 3, 36, 44, generator=torch.Generator().manual_seed(2))
-    args = {"scales": (0.75, 1.25), "flip": True, "crop": (16, 20), "stride": (10, 12)}
-    expected = tta_probabilities(model, x, (45, 55), **args)
-    got = predict(model, x, "slide", args["crop"], args["stride"], args["scales"], True, out_size=(45, 55))
-    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
-
-
 def test_evaluate_scores_slide_and_tta_predictions():
     """Dataset scoring: slide + scales + flip, labels at twice the image size, against hand-made scores."""
     model, data = PositionModel(), _Tiny(3)
@@ -205,3 +125,25 @@ def test_evaluate_scores_slide_and_tta_predictions():
     # and the plain whole-image scores differ, so the settings were applied
     plain = evaluate(model, data, 4, progress=False)
     assert not torch.equal(plain.mat, cm.mat)
+
+
+def test_evaluate_takes_its_settings_by_keyword():
+    model, data = _pixelwise(), _Tiny(2)
+    with pytest.raises(TypeError, match="positional"):
+        evaluate(model, data, 4, "cpu", "slide")
+    cfg = tiny_config(Path("unused"), eval={"mode": "slide", "crop_size": [6, 6], "scales": [0.5, 1.0]})
+    settings = prediction_settings(cfg)
+    assert list(settings) == ["mode", "crop_size", "stride", "scales", "flip"]
+    assert settings == {key: getattr(cfg.eval, key) for key in settings} and settings["mode"] == "slide"
+    from_config = evaluate(model, data, 4, **settings, progress=False)
+    by_hand = evaluate(
+        model,
+        data,
+        4,
+        mode="slide",
+        crop_size=[6, 6],
+        stride=cfg.eval.stride,
+        scales=[0.5, 1.0],
+        progress=False,
+    )
+    assert torch.equal(from_config.mat, by_hand.mat)

@@ -11,10 +11,10 @@ import torch
 
 from segkn.config import ConfigError, load_config
 from segkn.engine import trainer as trainer_module
-from segkn.engine.checkpoint import load_checkpoint
+from segkn.engine.checkpoint import load_checkpoint, load_init_weights
 from segkn.engine.evaluator import evaluate_checkpoint
 from segkn.engine.run_log import read_metrics
-from segkn.engine.trainer import TrainingDiverged, load_init_weights, train
+from segkn.engine.trainer import TrainingDiverged, train
 from segkn.models import build_model
 from tests.data.builders import make_cityscapes_tree, make_voc_tree
 
