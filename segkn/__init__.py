@@ -1,8 +1,6 @@
 """segkn: semantic segmentation with Kernel Normalized convolutional networks."""
 
-__version__ = "0.1.0"
-
-from segkn.models import build_model, register_smp_encoders  # noqa: E402
+from segkn.models import build_model, register_smp_encoders
 
 # `import segkn` makes knresnet18|34|50 available as encoder_name in every smp architecture.
 register_smp_encoders()
@@ -16,4 +14,9 @@ def __getattr__(name: str):
         from segkn.inference import Segmenter
 
         return Segmenter
+    # the version is written once, in pyproject.toml, and read from the installed package's metadata
+    if name == "__version__":
+        from segkn.version import package_version
+
+        return package_version()
     raise AttributeError(f"module 'segkn' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Fixtures for the inference tests: tiny checkpoints written in the segkn format."""
+"""Fixtures for the inference tests: tiny checkpoints written in the segkn format, one shared ONNX export."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from segkn.config import config_from_dict
 from segkn.data.base import default_palette
 from segkn.engine.checkpoint import save_checkpoint
+from segkn.inference.export import export_onnx
 from segkn.models import build_model
 from tests.engine._configs import TINY, merge
 
@@ -42,3 +43,46 @@ def tiny_checkpoint(tmp_path: Path) -> Callable[..., Path]:
         return write_tiny_checkpoint(tmp_path / name, **sections)
 
     return make
+
+
+# --- ONNX exports ---------------------------------------------------------------------------------
+
+SAMPLE = (64, 96)
+NUM_CLASSES = 4
+
+
+def kind_config(arch: str, encoder: str, norm: str, **extra: Any) -> dict[str, Any]:
+    """The model mapping of one grid point; KNResNet encoders are KN by design, so for them the norm
+    word goes to the decoder."""
+    if encoder.startswith("knresnet"):
+        norms = {"norm": "kn", "decoder_norm": norm}
+    else:
+        norms = {"norm": norm}
+    return {"arch": arch, "encoder": encoder, **norms, "num_classes": NUM_CLASSES, **extra}
+
+
+SHARED_KIND = ("deeplabv3plus", "resnet18", "gn")
+SHARED_META = {
+    "classes": ["road", "car", "sky", "person"],
+    "palette": [[128, 64, 128], [0, 0, 142], [70, 130, 180], [220, 20, 60]],
+    "normalize": "imagenet",
+    "config": {"model": {"arch": "deeplabv3plus"}, "data": {"type": "folder"}, "eval": {"mode": "slide"}},
+    "checkpoint_step": 12,
+}
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
+    """One export of SHARED_KIND with SHARED_META, for the export and verification tests (which leave
+    the model as they found it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = build_model(kind_config(*SHARED_KIND))
+        path = export_onnx(
+            model, tmp_path_factory.mktemp("onnx") / "shared.onnx", sample_size=SAMPLE, metadata=SHARED_META
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return model, path

@@ -9,43 +9,25 @@ import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import pytest
 import torch
 
 from segkn.config import config_from_dict
-from segkn.engine.checkpoint import CheckpointError
-from segkn.inference.export import (
+from segkn.engine.checkpoint import CheckpointError, file_sha256
+from segkn.inference.export import MIN_OPSET, export_checkpoint, export_onnx
+from segkn.inference.runtime import METADATA_KEYS, OnnxError, OnnxModel, read_metadata
+from segkn.inference.verify import (
     FP16_ATOL,
     FP16_MIN_AGREEMENT,
-    MIN_OPSET,
-    build_metadata,
     default_verify_sizes,
-    export_checkpoint,
-    export_onnx,
-    file_sha256,
-    verification_image,
     verify_checkpoint,
     verify_onnx,
 )
-from segkn.inference.runtime import METADATA_KEYS, OnnxError, OnnxModel, read_metadata
 from segkn.models import build_model
 from segkn.models.factory import ARCHS, ENCODERS
 from segkn.nn.blocks import NORMS
-
-SAMPLE = (64, 96)
-NUM_CLASSES = 4
-
-
-def kind_config(arch: str, encoder: str, norm: str, **extra: Any) -> dict[str, Any]:
-    """The model mapping of one grid point; KNResNet encoders are KN by design, so for them the norm
-    word goes to the decoder."""
-    if encoder.startswith("knresnet"):
-        norms = {"norm": "kn", "decoder_norm": norm}
-    else:
-        norms = {"norm": norm}
-    return {"arch": arch, "encoder": encoder, **norms, "num_classes": NUM_CLASSES, **extra}
+from tests.inference.conftest import NUM_CLASSES, SAMPLE, SHARED_KIND, SHARED_META, kind_config
 
 
 def covering_kinds() -> list[tuple[str, str, str]]:
@@ -185,52 +167,7 @@ def test_todays_share_of_the_grid_exports_and_matches_pytorch(
     _export_and_verify(tmp_path, arch, encoder, norm, output_stride=output_stride)
 
 
-@pytest.mark.parametrize(
-    ("sample", "divisor"), [((64, 96), 32), ((512, 1024), 32), ((33, 7), 16), ((8, 8), 8)]
-)
-def test_default_verify_sizes(sample, divisor) -> None:
-    sizes = default_verify_sizes(sample, divisor)
-    assert len(sizes) >= 3 and sizes[0] == sample
-    off_grid = [s for s in sizes if all(v % 32 and v % divisor for v in s)]
-    assert off_grid, sizes
-    assert any(h > sample[0] and w > sample[1] for h, w in sizes)
-
-
-def test_verification_image_is_deterministic_and_structured() -> None:
-    a, b = verification_image(40, 56, seed=3), verification_image(40, 56, seed=3)
-    assert a.dtype == np.uint8 and a.shape == (40, 56, 3)
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, verification_image(40, 56, seed=4))
-    # structure, not noise: neighbouring pixels are close far more often than not
-    steps = np.abs(np.diff(a.astype(int), axis=1)).mean(axis=-1)
-    assert np.median(steps) < 20 and a.std() > 30
-
-
 # --- one shared export ---------------------------------------------------------------------------
-
-SHARED_KIND = ("deeplabv3plus", "resnet18", "gn")
-SHARED_META = {
-    "classes": ["road", "car", "sky", "person"],
-    "palette": [[128, 64, 128], [0, 0, 142], [70, 130, 180], [220, 20, 60]],
-    "normalize": "imagenet",
-    "config": {"model": {"arch": "deeplabv3plus"}, "data": {"type": "folder"}, "eval": {"mode": "slide"}},
-    "checkpoint_step": 12,
-}
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        model = build_model(kind_config(*SHARED_KIND))
-        path = export_onnx(
-            model, tmp_path_factory.mktemp("onnx") / "shared.onnx", sample_size=SAMPLE, metadata=SHARED_META
-        )
-    finally:
-        torch.set_num_threads(threads)
-    return model, path
 
 
 def test_metadata_round_trip(shared) -> None:
@@ -275,27 +212,6 @@ def test_batch_of_three_matches_pytorch(shared, one_thread) -> None:
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_verification_fails_for_a_changed_model(shared, one_thread) -> None:
-    model, path = shared
-    sizes = default_verify_sizes(SAMPLE, model.size_divisor)
-    assert verify_onnx(model, path, sizes).passed
-    head_bias = [
-        p for name, p in model.named_parameters() if name.startswith("head") and name.endswith("bias")
-    ]
-    with torch.no_grad():
-        head_bias[-1][1] += 0.5  # class 1 now wins more often, and every logit of it moves by 0.5
-    try:
-        report = verify_onnx(model, path, sizes)
-    finally:
-        with torch.no_grad():
-            head_bias[-1][1] -= 0.5
-    assert not report.passed
-    assert report.max_abs_diff == pytest.approx(0.5, abs=1e-3)
-    assert "FAILED" in report.table()
-    # a bound that the file cannot meet fails too
-    assert not verify_onnx(model, path, sizes[:1], atol=0.0).passed
-
-
 def test_export_rejects_old_opset_and_foreign_models(tmp_path) -> None:
     torch.manual_seed(0)
     model = build_model(kind_config(*SHARED_KIND))
@@ -322,13 +238,6 @@ def test_failed_export_leaves_existing_file(tmp_path, monkeypatch, one_thread) -
         export_onnx(model, path, sample_size=SAMPLE)
     assert path.read_bytes() == b"previous export"
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
-
-
-def test_cityscapes_metadata_has_label_ids() -> None:
-    model = build_model({"arch": "unet", "encoder": "resnet18", "norm": "bn", "num_classes": 19})
-    meta = build_metadata(model, {"config": {"data": {"type": "cityscapes"}}})
-    assert meta["label_ids"][:3] == [7, 8, 11] and len(meta["label_ids"]) == 19
-    assert build_metadata(model)["label_ids"] is None
 
 
 # --- float16 --------------------------------------------------------------------------------------

@@ -1,0 +1,104 @@
+"""``segkn infer``: segment image files with a checkpoint (PyTorch) or an ONNX file (ONNX Runtime)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "segment images: label maps, colour masks, overlays"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT",
+        help="image files (PNG/JPEG/BMP/TIFF), folders (searched recursively) or glob patterns",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--checkpoint", metavar="FILE", help="segkn checkpoint (torch backend)")
+    parser.add_argument("--onnx", metavar="FILE", help="exported ONNX model (onnxruntime backend)")
+    parser.add_argument(
+        "--backend", choices=("torch", "onnxruntime"),
+        help="run the checkpoint in PyTorch or the ONNX file in ONNX Runtime (default: whichever is given)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--save", nargs="+", choices=("label", "color", "overlay"), default=["label", "color", "overlay"],
+        help="outputs to write, each into DIR/<output>/ (default: all three)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ids", choices=("train", "dataset"), default="train",
+        help="label map values: train ids (class indices), or the dataset's own ids such as Cityscapes "
+        "labelIds (default: train)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mode", choices=("whole", "slide"), help="whole image or sliding window (default: eval.mode)"
+    )
+    parser.add_argument(
+        "--crop-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="sliding window size (default: eval.crop_size)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="sliding window step (default: 2/3 of the window)",
+    )
+    parser.add_argument(
+        "--scales", type=float, nargs="+", metavar="S", help="multi-scale TTA, e.g. 0.75 1 1.25"
+    )
+    parser.add_argument(
+        "--flip", action="store_true", default=None, help="add horizontally flipped copies (TTA)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="images of one size run together (default: 1)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if present)"
+    )
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the model (torch backend): pays off over many images; each new image size "
+        "waits for compiling at first (minutes on a CPU) until sizes share one dynamic graph",
+    )  # fmt: skip
+    parser.add_argument(
+        "--channels-last", action="store_true", default=None,
+        help="model and inputs in channels_last memory format (torch backend; default: eval.channels_last)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--alpha", type=float, default=0.5, help="overlay opacity of the colour mask (default: 0.5)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment images with a checkpoint (PyTorch) or an ONNX file (ONNX Runtime); write outputs, summarize."""
+    from segkn.inference import Segmenter
+    from segkn.inference.batch import collect_images, segment_files
+
+    backend = args.backend or ("onnxruntime" if args.onnx and not args.checkpoint else "torch")
+    options = {
+        "mode": args.mode, "crop_size": args.crop_size, "stride": args.stride, "scales": args.scales,
+        "flip": args.flip, "compile": args.compile, "channels_last": args.channels_last,
+    }  # fmt: skip
+    if backend == "torch":
+        if not args.checkpoint:
+            raise ValueError("infer: the torch backend needs --checkpoint FILE (or give --onnx FILE)")
+        segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device, **options)
+    else:
+        if not args.onnx:
+            raise ValueError("infer: --backend onnxruntime needs --onnx FILE (export one with segkn export)")
+        segmenter = Segmenter.from_onnx(args.onnx, device=args.device, **options)
+    out = Path(args.out)
+    pairs = collect_images(args.inputs, exclude=out)
+    print(f"{len(pairs)} image(s); {segmenter!r}; backend {backend}", file=sys.stderr)
+    summary = segment_files(
+        segmenter, pairs, out, args.save, args.ids, args.batch_size, args.alpha, not args.no_progress
+    )
+    print(summary.text())
+    print(f"outputs: {', '.join(str(out / kind) for kind in args.save)}")
+    return 1 if summary.failed else 0
