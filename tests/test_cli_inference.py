@@ -13,7 +13,7 @@ import torch
 
 from segkn.cli import main
 from segkn.data.io import read_mask
-from segkn.engine.evaluator import model_from_checkpoint
+from segkn.engine.checkpoint import model_from_checkpoint
 from segkn.inference import Segmenter
 from tests.engine.prediction_reference import top2_gap, tta_probabilities
 from tests.inference.conftest import write_tiny_checkpoint

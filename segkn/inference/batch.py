@@ -16,6 +16,7 @@ from segkn.data.errors import DatasetError
 from segkn.data.io import read_image, write_png
 from segkn.inference.predictor import Segmenter
 from segkn.inference.visualize import colorize, overlay
+from segkn.models.prediction import same_size_batches
 
 __all__ = ["IMAGE_SUFFIXES", "OUTPUTS", "InferenceSummary", "collect_images", "segment_files"]
 
@@ -105,24 +106,23 @@ class InferenceSummary:
         return "\n".join(lines)
 
 
+def _readable(
+    pairs: Sequence[tuple[Path, Path]], summary: InferenceSummary
+) -> Iterator[tuple[Path, Path, np.ndarray]]:
+    """The images of ``pairs`` read in order; unreadable ones are logged and go to ``summary``."""
+    for source, name in pairs:
+        try:
+            yield source, name, read_image(source)
+        except DatasetError as err:
+            log.warning("skipped %s", err)
+            summary.failed.append((source, str(err)))
+
+
 def _batches(
     pairs: Sequence[tuple[Path, Path]], batch_size: int, summary: InferenceSummary
 ) -> Iterator[list[tuple[Path, Path, np.ndarray]]]:
     """Read images in order and group consecutive ones of one size; unreadable ones go to ``summary``."""
-    batch: list[tuple[Path, Path, np.ndarray]] = []
-    for source, name in pairs:
-        try:
-            image = read_image(source)
-        except DatasetError as err:
-            log.warning("skipped %s", err)
-            summary.failed.append((source, str(err)))
-            continue
-        if batch and (len(batch) == batch_size or batch[0][2].shape != image.shape):
-            yield batch
-            batch = []
-        batch.append((source, name, image))
-    if batch:
-        yield batch
+    return same_size_batches(_readable(pairs, summary), lambda item: item[2].shape, batch_size)
 
 
 def segment_files(

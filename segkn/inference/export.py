@@ -182,7 +182,7 @@ def export_checkpoint(
     safe loader (CheckpointError propagates). A file that fails verification is kept, so that it can
     be inspected: the caller decides (the CLI exits non-zero and says so).
     """
-    from segkn.engine.evaluator import model_from_checkpoint
+    from segkn.engine.checkpoint import model_from_checkpoint
 
     checkpoint = Path(checkpoint)
     model, ckpt = model_from_checkpoint(checkpoint)

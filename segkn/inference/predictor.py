@@ -19,7 +19,7 @@ from segkn.data.registry import dataset_label_ids
 from segkn.data.transforms import build_transform
 from segkn.engine.acceleration import logged_compile, prepare_model, to_channels_last
 from segkn.engine.device import amp_dtype, resolve_device
-from segkn.engine.evaluator import predict
+from segkn.models.prediction import predict, same_size_batches
 
 __all__ = ["Segmenter", "as_rgb"]
 
@@ -122,7 +122,7 @@ class Segmenter:
         cls, path: str | Path, device: str | torch.device = "auto", **options: Any
     ) -> Segmenter:
         """Load a segkn checkpoint safely (``weights_only``) and rebuild its model, data and eval settings."""
-        from segkn.engine.evaluator import model_from_checkpoint
+        from segkn.engine.checkpoint import model_from_checkpoint
 
         model, ckpt = model_from_checkpoint(path)
         options.setdefault("label_ids", dataset_label_ids(ckpt["config"].get("data", {}).get("type", "")))
@@ -180,16 +180,9 @@ class Segmenter:
 
     def predict_batch(self, images: Iterable[Image], batch_size: int = 8) -> list[np.ndarray]:
         """Label maps of several images; consecutive images of one size run ``batch_size`` at a time."""
-        rgbs = [as_rgb(im) for im in images]
         out: list[np.ndarray] = []
-        start = 0
-        while start < len(rgbs):
-            end = start + 1
-            while end < len(rgbs) and end - start < batch_size and rgbs[end].shape == rgbs[start].shape:
-                end += 1
-            labels = self._probs(rgbs[start:end]).argmax(1).cpu().numpy()
-            out.extend(labels.astype(np.int64))
-            start = end
+        for batch in same_size_batches((as_rgb(im) for im in images), lambda rgb: rgb.shape, batch_size):
+            out.extend(self._probs(batch).argmax(1).cpu().numpy().astype(np.int64))
         return out
 
     def to_dataset_ids(self, label_map: np.ndarray) -> np.ndarray:

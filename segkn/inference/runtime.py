@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from segkn.engine.checkpoint import first_line
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
@@ -64,11 +66,6 @@ class OnnxError(ValueError):
     """An ONNX file that segkn cannot use; the message names the file and what to do."""
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-
-
 def _load_proto(path: Path) -> Any:
     """The ModelProto of ``path`` (weights in external files are not read); OnnxError if it is not ONNX."""
     import onnx
@@ -78,7 +75,7 @@ def _load_proto(path: Path) -> Any:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf raises DecodeError, RuntimeWarning-like errors, ... for other files
-        raise OnnxError(f"{path}: not an ONNX model file ({_first_line(err)})") from None
+        raise OnnxError(f"{path}: not an ONNX model file ({first_line(err)})") from None
     # Protobuf parses some foreign bytes without complaint; a real model has an IR version and a graph.
     if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.node:
         raise OnnxError(f"{path}: not an ONNX model file (no IR version or empty graph)")
@@ -175,7 +172,7 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(self.path), session_options(), providers=wanted)
         except Exception as err:  # onnxruntime raises its own Fail / InvalidGraph / ... types
-            raise OnnxError(f"{self.path}: ONNX Runtime cannot load it ({_first_line(err)})") from None
+            raise OnnxError(f"{self.path}: ONNX Runtime cannot load it ({first_line(err)})") from None
         self.providers: list[str] = self.session.get_providers()
         first = wanted[0] if isinstance(wanted[0], str) else wanted[0][0]
         if first not in self.providers:

@@ -253,7 +253,7 @@ def verify_checkpoint(
 ) -> VerificationReport:
     """Check an existing export against the checkpoint it came from (refused if the file's recorded
     checkpoint sha256 is not the checkpoint's)."""
-    from segkn.engine.evaluator import model_from_checkpoint
+    from segkn.engine.checkpoint import model_from_checkpoint
 
     checkpoint, onnx_path = Path(checkpoint), Path(onnx_path)
     meta = read_metadata(onnx_path)

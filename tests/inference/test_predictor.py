@@ -6,9 +6,9 @@ import torch
 
 import segkn
 from segkn.data.transforms import build_transform
-from segkn.engine.checkpoint import CheckpointError, publish_checkpoint
-from segkn.engine.evaluator import model_from_checkpoint, predict
+from segkn.engine.checkpoint import CheckpointError, model_from_checkpoint, publish_checkpoint
 from segkn.inference import Segmenter
+from segkn.models.prediction import predict
 from tests.engine._configs import TINY, merge
 from tests.engine.prediction_reference import PositionModel, top2_gap, tta_probabilities
 
