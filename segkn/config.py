@@ -16,6 +16,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from segkn.atomic import atomic_open
+from segkn.data.shapes import DEFAULT_LENGTH, DEFAULT_NUM_CLASSES, DEFAULT_SIZE, MIN_SIZE, SHAPE_KINDS
 
 __all__ = [
     "Config",
@@ -96,10 +97,10 @@ class DataConfig(_Section):
     normalize: Literal["none", "imagenet"] | None = None  # null: "none" for norm kn, else "imagenet"
     eval_resize: list[int] | None = _field(None, len=2, min=1)  # eval images resized to [h, w]; null: as is
     num_workers: int = _field(2, min=0)
-    shapes_size: list[int] = _field([128, 128], len=2, min=32)  # [h, w] of generated images
-    shapes_train_length: int = _field(2000, min=1)
-    shapes_val_length: int = _field(200, min=1)
-    shapes_num_classes: int = _field(5, min=2, max=7)  # background + up to 6 shape kinds
+    shapes_size: list[int] = _field(list(DEFAULT_SIZE), len=2, min=MIN_SIZE)  # [h, w] of generated images
+    shapes_train_length: int = _field(DEFAULT_LENGTH["train"], min=1)
+    shapes_val_length: int = _field(DEFAULT_LENGTH["val"], min=1)
+    shapes_num_classes: int = _field(DEFAULT_NUM_CLASSES, min=2, max=len(SHAPE_KINDS) + 1)  # + background
     classes_file: str | None = None  # folder datasets: YAML with classes (+ palette); null: root/classes.yaml
 
 

@@ -29,20 +29,13 @@ def _root(cfg: Mapping[str, Any]) -> Any:
 
 
 def _shapes(cfg: Mapping[str, Any], split: str, transform: Transform | None) -> ShapesDataset:
-    length = cfg.get("length", {"train": 2000, "val": 200})
+    length = cfg.get("length")
     if isinstance(length, Mapping):
         if split not in length:
             raise DatasetError(f"data.length has no entry for split {split!r} (has: {', '.join(length)})")
         length = length[split]
-    size = cfg.get("size", (128, 128))
-    return ShapesDataset(
-        split,
-        size=size if isinstance(size, int) else tuple(size),
-        length=int(length),
-        num_classes=int(cfg.get("num_classes", 5)),
-        seed=int(cfg.get("seed", 0)),
-        transform=transform,
-    )
+    given = {key: cfg[key] for key in ("size", "num_classes", "seed") if cfg.get(key) is not None}
+    return ShapesDataset(split, length=length, transform=transform, **given)  # the rest: its defaults
 
 
 # type -> builder(data_cfg, split, transform); the keys each builder reads are listed beside it.

@@ -39,3 +39,9 @@ def test_transform_is_applied(voc_root: Path) -> None:
     transform = build_transform({"crop_size": 16}, train=True)
     image, mask = build_dataset({"type": "voc", "root": voc_root}, "val", transform=transform)[0]
     assert image.shape == (3, 16, 16) and mask.shape == (16, 16) and mask.dtype == torch.int64
+
+
+def test_shapes_defaults_come_from_the_dataset() -> None:
+    dataset = build_dataset({"type": "shapes"}, "train")
+    assert len(dataset) == len(ShapesDataset("train")) == 2000 and dataset.size == (128, 128)
+    assert len(build_dataset({"type": "shapes", "length": None}, "val")) == 200
