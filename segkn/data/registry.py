@@ -6,10 +6,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-
 from segkn.data.base import SegmentationDataset, Transform
-from segkn.data.cityscapes import CityscapesDataset, train_ids_to_label_ids
+from segkn.data.cityscapes import LABEL_IDS, CityscapesDataset
 from segkn.data.errors import DatasetError
 from segkn.data.folder import FolderDataset
 from segkn.data.shapes import ShapesDataset
@@ -69,6 +67,4 @@ def build_dataset(
 
 def dataset_label_ids(data_type: str) -> list[int] | None:
     """The dataset's own label id of each train id (Cityscapes labelIds), or None where they coincide."""
-    if data_type == "cityscapes":
-        return [int(v) for v in train_ids_to_label_ids(np.arange(19))]
-    return None
+    return list(LABEL_IDS) if data_type == "cityscapes" else None

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from segkn.config import ConfigError, config_from_dict
+from segkn.data.cityscapes import train_ids_to_label_ids
 from segkn.data.errors import DatasetError
 from segkn.data.io import read_image
 from segkn.data.registry import dataset_label_ids
@@ -194,11 +195,7 @@ class Segmenter:
 
     def to_dataset_ids(self, label_map: np.ndarray) -> np.ndarray:
         """Train ids mapped to the dataset's own label ids (Cityscapes labelIds); unchanged for others."""
-        if self.label_ids is None:
-            return label_map
-        table = np.zeros(max(256, len(self.label_ids)), dtype=np.int64)
-        table[: len(self.label_ids)] = self.label_ids
-        return table[label_map]
+        return label_map if self.label_ids is None else train_ids_to_label_ids(label_map, self.label_ids)
 
     def __repr__(self) -> str:
         return (
