@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -11,7 +13,11 @@ from PIL import Image, UnidentifiedImageError
 from segkn.atomic import atomic_open
 from segkn.data.errors import DatasetError
 
-__all__ = ["read_image", "read_mask", "write_png"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "read_mask", "same_size_runs", "write_png"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # image files segkn reads, lower case
+
+T = TypeVar("T")
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -96,3 +102,18 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
         raise OSError(f"{path}: could not be encoded as PNG")
     with atomic_open(path, "wb") as f:
         f.write(png.tobytes())
+
+
+def same_size_runs(
+    items: Iterable[T], size: Callable[[T], Hashable], limit: int | None = None
+) -> Iterator[list[T]]:
+    """Group consecutive ``items`` whose ``size(item)`` agrees, at most ``limit`` per group (None: no
+    limit), so that each group stacks into one batch; the order is kept and ``items`` is read lazily."""
+    run: list[T] = []
+    for item in items:
+        if run and ((limit is not None and len(run) >= limit) or size(item) != size(run[0])):
+            yield run
+            run = []
+        run.append(item)
+    if run:
+        yield run

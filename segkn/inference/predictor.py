@@ -15,7 +15,7 @@ from torch import Tensor
 from segkn.config import ConfigError, config_from_dict
 from segkn.data.cityscapes import train_ids_to_label_ids
 from segkn.data.errors import DatasetError
-from segkn.data.io import read_image
+from segkn.data.io import read_image, same_size_runs
 from segkn.data.registry import dataset_label_ids
 from segkn.data.transforms import build_transform
 from segkn.engine.acceleration import logged_compile, prepare_model, to_channels_last
@@ -181,16 +181,9 @@ class Segmenter:
 
     def predict_batch(self, images: Iterable[Image], batch_size: int = 8) -> list[np.ndarray]:
         """Label maps of several images; consecutive images of one size run ``batch_size`` at a time."""
-        rgbs = [as_rgb(im) for im in images]
         out: list[np.ndarray] = []
-        start = 0
-        while start < len(rgbs):
-            end = start + 1
-            while end < len(rgbs) and end - start < batch_size and rgbs[end].shape == rgbs[start].shape:
-                end += 1
-            labels = self._probs(rgbs[start:end]).argmax(1).cpu().numpy()
-            out.extend(labels.astype(np.int64))
-            start = end
+        for run in same_size_runs((as_rgb(im) for im in images), lambda rgb: rgb.shape, batch_size):
+            out.extend(self._probs(run).argmax(1).cpu().numpy().astype(np.int64))
         return out
 
     def to_dataset_ids(self, label_map: np.ndarray) -> np.ndarray:

@@ -69,3 +69,13 @@ def test_unreadable_files_raise_naming_the_file(tmp_path: Path, reader) -> None:
         reader(tmp_path / "broken.png")
     with pytest.raises(DatasetError, match="absent.png"):
         reader(tmp_path / "absent.png")
+
+
+def test_same_size_runs_groups_consecutive_items_of_one_size() -> None:
+    from segkn.data.io import same_size_runs
+
+    sizes = [(2, 3), (2, 3), (2, 3), (4, 4), (2, 3), (2, 3)]
+    runs = list(same_size_runs(iter(range(len(sizes))), sizes.__getitem__, limit=2))
+    assert runs == [[0, 1], [2], [3], [4, 5]]
+    assert list(same_size_runs(range(6), sizes.__getitem__)) == [[0, 1, 2], [3], [4, 5]]
+    assert list(same_size_runs([], sizes.__getitem__)) == []
