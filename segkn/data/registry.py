@@ -13,7 +13,7 @@ from segkn.data.folder import FolderDataset
 from segkn.data.shapes import ShapesDataset
 from segkn.data.voc import VOCDataset
 
-__all__ = ["DATASETS", "build_dataset"]
+__all__ = ["DATASETS", "build_dataset", "data_settings", "dataset_label_ids"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,29 @@ DATASETS: dict[str, Callable[[Mapping[str, Any], str, Transform | None], Segment
     # size, length (int or {split: int}), num_classes, seed
     "shapes": _shapes,
 }
+
+
+def data_settings(data: Any) -> dict[str, Any]:
+    """The mapping that ``build_dataset`` and ``build_transform`` read, from a run config's ``data`` part.
+
+    The one route from config names to data names (e.g. ``shapes_size`` -> ``size``), taken by
+    training, evaluation and the Segmenter alike.
+    """
+    return {
+        "type": data.type,
+        "root": data.root,
+        "classes_file": data.classes_file,
+        "size": list(data.shapes_size),
+        "length": {data.train_split: data.shapes_train_length, data.val_split: data.shapes_val_length},
+        "num_classes": data.shapes_num_classes,
+        "crop_size": list(data.crop_size),
+        "scale_range": list(data.scale_range),
+        "cat_max_ratio": data.cat_max_ratio,
+        "hflip": 0.5 if data.hflip else 0.0,
+        "photometric": data.photometric,
+        "normalize": data.normalize or "none",
+        "eval_resize": data.eval_resize,
+    }
 
 
 def build_dataset(

@@ -16,7 +16,7 @@ from segkn.config import ConfigError, config_from_dict
 from segkn.data.cityscapes import train_ids_to_label_ids
 from segkn.data.errors import DatasetError
 from segkn.data.io import read_image, same_size_runs
-from segkn.data.registry import dataset_label_ids
+from segkn.data.registry import data_settings, dataset_label_ids
 from segkn.data.transforms import build_transform
 from segkn.engine.acceleration import logged_compile, prepare_model, to_channels_last
 from segkn.engine.device import amp_dtype, resolve_device
@@ -101,7 +101,7 @@ class Segmenter:
         self.flip = ev.flip if flip is None else bool(flip)
         # Autocast as in evaluation (train.amp: bf16 on CUDA by default, off on CPU) unless ``amp`` says.
         self._amp = amp_dtype(amp if amp is not None else cfg.train.amp, self.device)
-        self.transform = build_transform(cfg.data.to_dict(), train=False)
+        self.transform = build_transform(data_settings(cfg.data), train=False)
         torch_model = isinstance(model, torch.nn.Module)
         if not torch_model and (compile or channels_last):
             raise ValueError(

@@ -45,3 +45,15 @@ def test_shapes_defaults_come_from_the_dataset() -> None:
     dataset = build_dataset({"type": "shapes"}, "train")
     assert len(dataset) == len(ShapesDataset("train")) == 2000 and dataset.size == (128, 128)
     assert len(build_dataset({"type": "shapes", "length": None}, "val")) == 200
+
+
+def test_data_settings_route_config_names_to_data_names() -> None:
+    from segkn.config import Config
+    from segkn.data import data_settings
+
+    data = Config().data
+    data.shapes_size, data.shapes_val_length, data.hflip = [64, 96], 3, False
+    settings = data_settings(data)
+    assert settings["size"] == [64, 96] and settings["hflip"] == 0.0 and settings["normalize"] == "none"
+    dataset = build_dataset(settings, "val", build_transform(settings, train=False))
+    assert len(dataset) == 3 and dataset[0][0].shape == (3, 64, 96)
