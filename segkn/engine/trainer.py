@@ -228,8 +228,6 @@ def _train(
     amp = amp_dtype(cfg.train.amp, device)
     compile_train = compile_enabled(cfg.train.compile, device)
     compile_eval = compile_enabled(cfg.eval.compile, device)
-    if cfg.train.aux_loss > 0:
-        raise ConfigError("train.aux_loss: segkn models have no auxiliary head; set it to 0")
     last_path, best_path = run_dir / "last.pth", run_dir / "best.pth"
     if resume and not last_path.is_file():
         raise CheckpointError(f"{last_path}: no checkpoint to resume from (is {run_dir} a run directory?)")
