@@ -16,7 +16,7 @@ import types
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-__all__ = ["ConfigError", "build", "limited", "show"]
+__all__ = ["ConfigError", "build", "limited"]
 
 
 class ConfigError(ValueError):
@@ -49,7 +49,7 @@ def limited(default: Any, **limits: Any) -> Any:
     return dataclasses.field(default=default, metadata=limits)
 
 
-def show(value: Any) -> str:
+def _show(value: Any) -> str:
     """A value as YAML writes it: null, true, false, else its repr."""
     if value is None:
         return "null"
@@ -61,7 +61,7 @@ def _describe(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join("null" if m is type(None) else _describe(m) for m in get_args(tp))
     if origin is Literal:  # choices as a user writes them in YAML (true, not True)
-        return "one of " + ", ".join(show(c) if isinstance(c, bool) else str(c) for c in get_args(tp))
+        return "one of " + ", ".join(_show(c) if isinstance(c, bool) else str(c) for c in get_args(tp))
     return "a list of " + _LISTS[get_args(tp)[0]] if origin is list else _KINDS[tp]
 
 
@@ -78,7 +78,7 @@ def _coerce(value: Any, tp: Any, key: str, limits: Mapping[str, Any]) -> Any:
             except _Invalid as err:
                 errors.append(err)
         raise next(
-            (e for e in errors if e.type_ok), _Invalid(key, f"expected {_describe(tp)}, got {show(value)}")
+            (e for e in errors if e.type_ok), _Invalid(key, f"expected {_describe(tp)}, got {_show(value)}")
         )
     if origin is Literal:
         if isinstance(value, bool) and ("on" if value else "off") in args:
@@ -89,34 +89,34 @@ def _coerce(value: Any, tp: Any, key: str, limits: Mapping[str, Any]) -> Any:
         close = difflib.get_close_matches(value, words, n=1) if isinstance(value, str) else []
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         type_ok = isinstance(value, str) and len(words) == len(args)
-        raise _Invalid(key, f"expected {_describe(tp)}, got {show(value)}{hint}", type_ok)
+        raise _Invalid(key, f"expected {_describe(tp)}, got {_show(value)}{hint}", type_ok)
     if origin is list:
         length = limits.get("len")
         if length and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value] * length  # one number for a pair: both the same
         if not isinstance(value, (list, tuple)):
-            raise _Invalid(key, f"expected {_describe(tp)}, got {show(value)}")
+            raise _Invalid(key, f"expected {_describe(tp)}, got {_show(value)}")
         if length is not None and len(value) != length:
-            raise _Invalid(key, f"expected {length} values, got {len(value)}: {show(value)}", True)
+            raise _Invalid(key, f"expected {length} values, got {len(value)}: {_show(value)}", True)
         if not value:
             raise _Invalid(key, "expected at least one value, got an empty list", True)
         return [_coerce(v, args[0], f"{key}[{i}]", limits) for i, v in enumerate(value)]
     if tp in (bool, str):
         if not isinstance(value, tp):
             quote = f" (quote it: '{value}')" if tp is str and isinstance(value, (int, float, bool)) else ""
-            raise _Invalid(key, f"expected {_KINDS[tp]}, got {show(value)}{quote}")
+            raise _Invalid(key, f"expected {_KINDS[tp]}, got {_show(value)}{quote}")
         return value
     assert tp in (int, float), f"unsupported config field type {tp!r} for {key}"
     # PyYAML reads 1e-4 (no dot) as a string
     number = float(value) if isinstance(value, str) and _NUMBER_RE.match(value.strip()) else value
     if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
-        raise _Invalid(key, f"expected {_KINDS[tp]}, got {show(value)}")
+        raise _Invalid(key, f"expected {_KINDS[tp]}, got {_show(value)}")
     if tp is int and not float(number).is_integer():
-        raise _Invalid(key, f"expected an integer, got {show(value)}")
+        raise _Invalid(key, f"expected an integer, got {_show(value)}")
     number = tp(number)
     for name, (sign, holds) in _LIMITS.items():
         if name in limits and not holds(number, limits[name]):
-            raise _Invalid(key, f"must be {sign} {limits[name]}, got {show(number)}", True)
+            raise _Invalid(key, f"must be {sign} {limits[name]}, got {_show(number)}", True)
     return number
 
 
@@ -155,7 +155,7 @@ def build(root: type, mapping: Any, source: str, retired: Mapping[str, Any] | No
             mapping = {}
         if not isinstance(mapping, Mapping):
             where = f"'{name}'" if name else "the top level"
-            raise ConfigError(f"{source}: expected a mapping of keys at {where}, got {show(mapping)}")
+            raise ConfigError(f"{source}: expected a mapping of keys at {where}, got {_show(mapping)}")
         fields, kwargs = _fields(cls), {}
         for field, value in mapping.items():
             key = f"{name}.{field}" if name else str(field)
@@ -164,7 +164,7 @@ def build(root: type, mapping: Any, source: str, retired: Mapping[str, Any] | No
                     raise _unknown_key(root, key, name, list(fields), source)
                 if value != retired[key]:
                     raise ConfigError(
-                        f"{source}: '{key}' is retired; it only took {show(retired[key])}: remove it"
+                        f"{source}: '{key}' is retired; it only took {_show(retired[key])}: remove it"
                     )
                 continue
             tp, limits = fields[field]
