@@ -28,7 +28,7 @@ def test_defaults_and_merge(tmp_path):
         "model:\n  arch: unet\n  encoder: resnet18\n  norm: bn\ntrain:\n  lr: 1e-4\n  iterations: 8.0e4\n",
     )
     cfg = load_config(path)
-    assert cfg.model.arch == "unet" and cfg.model.output_stride == 16  # default kept
+    assert cfg.model.arch == "unet" and cfg.model.output_stride == 32  # the architecture's default
     assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)  # PyYAML reads 1e-4 as a string
     assert cfg.train.iterations == 80000 and isinstance(cfg.train.iterations, int)
     assert cfg.name == "recipe" and cfg.run_path.as_posix() == "runs/recipe"
@@ -42,6 +42,7 @@ def test_empty_file_gives_defaults(tmp_path):
     cfg = load_config(write(tmp_path, ""))
     assert cfg.model == resolve(Config()).model
     assert cfg.data.normalize == "none" and cfg.model.decoder_channels == 256
+    assert cfg.model.output_stride == 16  # deeplabv3plus's default
 
 
 def test_overrides(tmp_path):
@@ -112,7 +113,7 @@ def test_unknown_override_key(tmp_path):
         ("data:\n  hflip: 3\n", "data.hflip: expected true or false, got 3"),
         ("model:\n  norm: batch\n", "model.norm: expected one of kn, bn, gn, ln, none, got 'batch'"),
         ("model:\n  decoder_norm: knn\n", "did you mean 'kn'"),
-        ("model:\n  output_stride: 12\n", "model.output_stride: expected one of 8, 16, 32, got 12"),
+        ("model:\n  output_stride: 12\n", "model.output_stride: expected one of 8, 16, 32 or null, got 12"),
         ("data:\n  crop_size: [1, 2, 3]\n", "data.crop_size: expected 2 values, got 3"),
         ("data:\n  crop_size: [512, x]\n", r"data.crop_size\[1\]: expected an integer, got 'x'"),
         ("data:\n  type: voc\n", "data.root: required for data.type 'voc'"),
@@ -121,6 +122,7 @@ def test_unknown_override_key(tmp_path):
         ("- a\n- b\n", "expected a mapping of keys at the top level"),
         ("model:\n  arch: unet\n  decoder_channels: [8, 8]\n", "unet needs one value per encoder stage"),
         ("model:\n  arch: unet\n  decoder_channels: 16\n", "unet takes a list, one value per encoder stage"),
+        ("model:\n  decoder_channels: [8, 8]\n", "model.decoder_channels: deeplabv3plus takes one integer"),
         ("model:\n  norm: gn\n", "model.norm: knresnet18 is kernel normalized by design"),
         ("model:\n  encoder_depth: 2\n", "deeplabv3plus needs encoder_depth >= 3"),
         ("model:\n  dropout_p: 1.0\n", "model.dropout_p: must be < 1.0"),
@@ -205,3 +207,34 @@ def test_config_is_plain_dataclass():
     cfg = resolve(Config())
     assert dataclasses.is_dataclass(cfg)
     assert yaml.safe_load(yaml.safe_dump(cfg.to_dict())) == cfg.to_dict()
+
+
+def test_model_words_are_the_registries(tmp_path):
+    from segkn.models.factory import ENCODERS
+
+    with pytest.raises(
+        ConfigError, match=f"model.encoder: expected one of {', '.join(ENCODERS)}, got 'resnet9'"
+    ):
+        load_config(write(tmp_path, "model:\n  encoder: resnet9\n"))
+
+
+def test_retired_train_keys_load_with_their_old_value(tmp_path):
+    old = {"train": {"lr_schedule": "poly", "aux_loss": 0.0, "lr": 0.02}}
+    assert config_from_dict(old).train.lr == 0.02 and "aux_loss" not in config_from_dict(old).train.to_dict()
+    assert load_config(write(tmp_path, ""), ["train.lr_schedule=poly"]).train == resolve(Config()).train
+    with pytest.raises(ConfigError, match=r"^ckpt: 'train.aux_loss' is retired; it only took 0.0: remove it"):
+        config_from_dict({"train": {"aux_loss": 0.4}}, source="ckpt")
+    with pytest.raises(ConfigError, match="'train.lr_schedule' is retired"):
+        load_config(write(tmp_path, "train:\n  lr_schedule: step\n"))
+
+
+def test_demo_checkpoint_config_loads():
+    from pathlib import Path
+
+    import torch
+
+    path = Path(__file__).resolve().parents[1] / "weights" / "shapes_unet_knresnet18_kn_2k_64x64.pth"
+    stored = torch.load(path, map_location="cpu", weights_only=True)["config"]
+    assert {"lr_schedule", "aux_loss"} <= set(stored["train"])  # written before those keys were retired
+    cfg = config_from_dict(stored, source=str(path))
+    assert cfg.model.output_stride == stored["model"]["output_stride"] == 16

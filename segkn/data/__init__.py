@@ -5,7 +5,7 @@ from segkn.data.cityscapes import CityscapesDataset, label_ids_to_train_ids, tra
 from segkn.data.errors import DatasetError
 from segkn.data.folder import FolderDataset, read_classes_file
 from segkn.data.io import read_image, read_mask
-from segkn.data.registry import DATASETS, build_dataset
+from segkn.data.registry import DATASETS, build_dataset, data_settings
 from segkn.data.shapes import ShapesDataset
 from segkn.data.transforms import CatMaxRatioCrop, SegTransform, build_transform, image_to_tensor
 from segkn.data.voc import VOCDataset
@@ -24,6 +24,7 @@ __all__ = [
     "VOCDataset",
     "build_dataset",
     "build_transform",
+    "data_settings",
     "default_palette",
     "image_to_tensor",
     "label_ids_to_train_ids",

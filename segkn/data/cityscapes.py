@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,20 +11,18 @@ from segkn.data.base import IGNORE_INDEX, Sample, SegmentationDataset, Transform
 from segkn.data.errors import DatasetError
 from segkn.data.io import read_mask
 
-__all__ = ["CityscapesDataset", "label_ids_to_train_ids", "train_ids_to_label_ids"]
+__all__ = ["LABEL_IDS", "CityscapesDataset", "label_ids_to_train_ids", "train_ids_to_label_ids"]
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 _LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
 _TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
 
-# The Cityscapes label ids of the 19 evaluated classes, in train-id order.
-_TRAIN_ID_TO_LABEL_ID = np.array(
-    [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33], dtype=np.int64
-)
+# The Cityscapes label id of each of the 19 evaluated classes, in train-id order: the one copy of the table.
+LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 
 # Lookup table label id -> train id for every value a uint8/uint16 PNG can hold; the rest is ignored.
 _LABEL_TO_TRAIN = np.full(65536, IGNORE_INDEX, dtype=np.int64)
-_LABEL_TO_TRAIN[_TRAIN_ID_TO_LABEL_ID] = np.arange(len(_TRAIN_ID_TO_LABEL_ID))
+_LABEL_TO_TRAIN[list(LABEL_IDS)] = np.arange(len(LABEL_IDS))
 
 
 def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
@@ -33,12 +32,13 @@ def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
     return np.where(valid, _LABEL_TO_TRAIN[np.where(valid, label_ids, 0)], IGNORE_INDEX).astype(np.int64)
 
 
-def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
-    """Map train ids 0..18 back to Cityscapes label ids (for benchmark submissions); 255 -> 0."""
+def train_ids_to_label_ids(train_ids: np.ndarray, label_ids: Sequence[int] = LABEL_IDS) -> np.ndarray:
+    """Map train ids to a dataset's own label ids (train id i -> ``label_ids[i]``, by default the
+    Cityscapes labelIds, e.g. for benchmark submissions); any other value (255 = ignore) -> 0."""
     train_ids = np.asarray(train_ids)
-    table = np.zeros(256, dtype=np.uint8)
-    table[: len(_TRAIN_ID_TO_LABEL_ID)] = _TRAIN_ID_TO_LABEL_ID
-    return table[np.clip(train_ids, 0, 255)]
+    table = np.asarray(label_ids, dtype=np.int64)
+    valid = (train_ids >= 0) & (train_ids < len(table))
+    return np.where(valid, table[np.where(valid, train_ids, 0)], 0)
 
 
 class CityscapesDataset(SegmentationDataset):
@@ -60,7 +60,7 @@ class CityscapesDataset(SegmentationDataset):
         (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
         (0, 80, 100), (0, 0, 230), (119, 11, 32),
     )  # fmt: skip
-    train_id_to_label_id = _TRAIN_ID_TO_LABEL_ID
+    train_id_to_label_id = np.array(LABEL_IDS, dtype=np.int64)
 
     def __init__(self, root: str | Path, split: str = "train", transform: Transform | None = None) -> None:
         self.root = Path(root)

@@ -9,10 +9,10 @@ import yaml
 
 from segkn.data.base import IGNORE_INDEX, Sample, SegmentationDataset, Transform, default_palette
 from segkn.data.errors import DatasetError
+from segkn.data.io import IMAGE_SUFFIXES
 
-__all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "read_classes_file"]
+__all__ = ["FolderDataset", "read_classes_file"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _CLASSES_KEYS = ("classes", "palette")
 
 
@@ -115,11 +115,9 @@ class FolderDataset(SegmentationDataset):
                         f"masks/{self.split}/"
                     )
 
-        images = sorted(
-            p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        images = sorted(p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
-            raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {image_dir}")
+            raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {image_dir}")
         samples, seen = [], {}
         for image in images:
             if image.stem in seen:

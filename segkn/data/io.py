@@ -11,7 +11,9 @@ from PIL import Image, UnidentifiedImageError
 from segkn.atomic import atomic_open
 from segkn.data.errors import DatasetError
 
-__all__ = ["read_image", "read_mask", "write_png"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "read_mask", "write_png"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # image files segkn reads, lower case
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -6,16 +6,14 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-
 from segkn.data.base import SegmentationDataset, Transform
-from segkn.data.cityscapes import CityscapesDataset, train_ids_to_label_ids
+from segkn.data.cityscapes import LABEL_IDS, CityscapesDataset
 from segkn.data.errors import DatasetError
 from segkn.data.folder import FolderDataset
 from segkn.data.shapes import ShapesDataset
 from segkn.data.voc import VOCDataset
 
-__all__ = ["DATASETS", "build_dataset"]
+__all__ = ["DATASETS", "build_dataset", "data_settings", "dataset_label_ids"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,20 +27,13 @@ def _root(cfg: Mapping[str, Any]) -> Any:
 
 
 def _shapes(cfg: Mapping[str, Any], split: str, transform: Transform | None) -> ShapesDataset:
-    length = cfg.get("length", {"train": 2000, "val": 200})
+    length = cfg.get("length")
     if isinstance(length, Mapping):
         if split not in length:
             raise DatasetError(f"data.length has no entry for split {split!r} (has: {', '.join(length)})")
         length = length[split]
-    size = cfg.get("size", (128, 128))
-    return ShapesDataset(
-        split,
-        size=size if isinstance(size, int) else tuple(size),
-        length=int(length),
-        num_classes=int(cfg.get("num_classes", 5)),
-        seed=int(cfg.get("seed", 0)),
-        transform=transform,
-    )
+    given = {key: cfg[key] for key in ("size", "num_classes", "seed") if cfg.get(key) is not None}
+    return ShapesDataset(split, length=length, transform=transform, **given)  # the rest: its defaults
 
 
 # type -> builder(data_cfg, split, transform); the keys each builder reads are listed beside it.
@@ -58,6 +49,29 @@ DATASETS: dict[str, Callable[[Mapping[str, Any], str, Transform | None], Segment
     # size, length (int or {split: int}), num_classes, seed
     "shapes": _shapes,
 }
+
+
+def data_settings(data: Any) -> dict[str, Any]:
+    """The mapping that ``build_dataset`` and ``build_transform`` read, from a run config's ``data`` part.
+
+    The one route from config names to data names (e.g. ``shapes_size`` -> ``size``), taken by
+    training, evaluation and the Segmenter alike.
+    """
+    return {
+        "type": data.type,
+        "root": data.root,
+        "classes_file": data.classes_file,
+        "size": list(data.shapes_size),
+        "length": {data.train_split: data.shapes_train_length, data.val_split: data.shapes_val_length},
+        "num_classes": data.shapes_num_classes,
+        "crop_size": list(data.crop_size),
+        "scale_range": list(data.scale_range),
+        "cat_max_ratio": data.cat_max_ratio,
+        "hflip": 0.5 if data.hflip else 0.0,
+        "photometric": data.photometric,
+        "normalize": data.normalize or "none",
+        "eval_resize": data.eval_resize,
+    }
 
 
 def build_dataset(
@@ -76,6 +90,4 @@ def build_dataset(
 
 def dataset_label_ids(data_type: str) -> list[int] | None:
     """The dataset's own label id of each train id (Cityscapes labelIds), or None where they coincide."""
-    if data_type == "cityscapes":
-        return [int(v) for v in train_ids_to_label_ids(np.arange(19))]
-    return None
+    return list(LABEL_IDS) if data_type == "cityscapes" else None

@@ -14,9 +14,21 @@ import yaml
 from segkn.data.base import Sample, SegmentationDataset, Transform
 from segkn.data.errors import DatasetError
 
-__all__ = ["SHAPE_KINDS", "ShapesDataset", "write_shapes_folder"]
+__all__ = [
+    "DEFAULT_LENGTH",
+    "DEFAULT_NUM_CLASSES",
+    "DEFAULT_SIZE",
+    "MIN_SIZE",
+    "SHAPE_KINDS",
+    "ShapesDataset",
+    "write_shapes_folder",
+]
 
 SHAPE_KINDS = ("circle", "rectangle", "triangle", "ring", "star", "cross")
+DEFAULT_SIZE = (128, 128)  # [h, w] of a generated image
+MIN_SIZE = 32  # smallest side that still fits several shapes
+DEFAULT_LENGTH = {"train": 2000, "val": 200}  # samples per split; other splits get the val length
+DEFAULT_NUM_CLASSES = 5  # background + circle, rectangle, triangle, ring
 _PALETTE = (
     (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
 )  # fmt: skip
@@ -33,25 +45,27 @@ class ShapesDataset(SegmentationDataset):
     background; ``num_classes - 1`` shape kinds are used, in the order of ``SHAPE_KINDS``.
     """
 
-    classes = ("background", *SHAPE_KINDS[:4])
-    palette = _PALETTE[:5]
+    classes = ("background", *SHAPE_KINDS[: DEFAULT_NUM_CLASSES - 1])
+    palette = _PALETTE[:DEFAULT_NUM_CLASSES]
 
     def __init__(
         self,
         split: str = "train",
-        size: int | tuple[int, int] = (128, 128),
-        length: int = 1000,
-        num_classes: int = 5,
+        size: int | Sequence[int] = DEFAULT_SIZE,
+        length: int | None = None,
+        num_classes: int = DEFAULT_NUM_CLASSES,
         seed: int = 0,
         transform: Transform | None = None,
     ) -> None:
         if not 2 <= num_classes <= len(SHAPE_KINDS) + 1:
             raise DatasetError(f"shapes: num_classes must be 2..{len(SHAPE_KINDS) + 1}, got {num_classes}")
         height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        if min(height, width) < 32:
-            raise DatasetError(f"shapes: size must be at least 32x32, got {height}x{width}")
+        if min(height, width) < MIN_SIZE:
+            raise DatasetError(f"shapes: size must be at least {MIN_SIZE}x{MIN_SIZE}, got {height}x{width}")
         if seed < 0:
             raise DatasetError(f"shapes: seed must be >= 0, got {seed}")
+        if length is None:
+            length = DEFAULT_LENGTH.get(split, DEFAULT_LENGTH["val"])
         if length < 1:
             raise DatasetError(f"shapes: length must be positive, got {length}")
         self.split, self.size, self.seed = split, (height, width), seed

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segkn.config import Config
-from segkn.data import SegmentationDataset, build_dataset, build_transform
+from segkn.data import SegmentationDataset, build_dataset, build_transform, data_settings
 
 __all__ = [
     "SeededDraws",
@@ -25,38 +25,14 @@ __all__ = [
     "build_eval_loader",
     "build_split",
     "build_train_loader",
-    "data_settings",
     "list_collate",
     "train_batches",
 ]
 
 
-def data_settings(cfg: Config) -> dict[str, Any]:
-    """The mapping that the data registry and the transforms read, from the config's ``data`` part.
-
-    This is the one place where config names meet data-package names (e.g. ``shapes_size`` -> ``size``).
-    """
-    d = cfg.data
-    return {
-        "type": d.type,
-        "root": d.root,
-        "classes_file": d.classes_file,
-        "size": list(d.shapes_size),
-        "length": {d.train_split: d.shapes_train_length, d.val_split: d.shapes_val_length},
-        "num_classes": d.shapes_num_classes,
-        "crop_size": list(d.crop_size),
-        "scale_range": list(d.scale_range),
-        "cat_max_ratio": d.cat_max_ratio,
-        "hflip": 0.5 if d.hflip else 0.0,
-        "photometric": d.photometric,
-        "normalize": d.normalize or "none",
-        "eval_resize": d.eval_resize,
-    }
-
-
 def build_split(cfg: Config, split: str, train: bool) -> SegmentationDataset:
     """Dataset ``split`` with the training (``train=True``) or evaluation transform."""
-    settings = data_settings(cfg)
+    settings = data_settings(cfg.data)
     return build_dataset(settings, split, build_transform(settings, train=train))
 
 

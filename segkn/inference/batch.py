@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from segkn.data.errors import DatasetError
-from segkn.data.io import read_image, write_png
+from segkn.data.io import IMAGE_SUFFIXES, read_image, write_png
 from segkn.inference.predictor import Segmenter
 from segkn.inference.visualize import colorize, overlay
 from segkn.models.prediction import same_size_batches
@@ -22,7 +22,6 @@ __all__ = ["IMAGE_SUFFIXES", "OUTPUTS", "InferenceSummary", "collect_images", "s
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 OUTPUTS = ("label", "color", "overlay")
 
 

@@ -13,9 +13,10 @@ import torch
 from torch import Tensor
 
 from segkn.config import ConfigError, config_from_dict
+from segkn.data.cityscapes import train_ids_to_label_ids
 from segkn.data.errors import DatasetError
 from segkn.data.io import read_image
-from segkn.data.registry import dataset_label_ids
+from segkn.data.registry import data_settings, dataset_label_ids
 from segkn.data.transforms import build_transform
 from segkn.engine.acceleration import logged_compile, prepare_model, to_channels_last
 from segkn.engine.device import amp_dtype, resolve_device
@@ -100,7 +101,7 @@ class Segmenter:
         self.flip = ev.flip if flip is None else bool(flip)
         # Autocast as in evaluation (train.amp: bf16 on CUDA by default, off on CPU) unless ``amp`` says.
         self._amp = amp_dtype(amp if amp is not None else cfg.train.amp, self.device)
-        self.transform = build_transform(cfg.data.to_dict(), train=False)
+        self.transform = build_transform(data_settings(cfg.data), train=False)
         torch_model = isinstance(model, torch.nn.Module)
         if not torch_model and (compile or channels_last):
             raise ValueError(
@@ -187,11 +188,7 @@ class Segmenter:
 
     def to_dataset_ids(self, label_map: np.ndarray) -> np.ndarray:
         """Train ids mapped to the dataset's own label ids (Cityscapes labelIds); unchanged for others."""
-        if self.label_ids is None:
-            return label_map
-        table = np.zeros(max(256, len(self.label_ids)), dtype=np.int64)
-        table[: len(self.label_ids)] = self.label_ids
-        return table[label_map]
+        return label_map if self.label_ids is None else train_ids_to_label_ids(label_map, self.label_ids)
 
     def __repr__(self) -> str:
         return (

@@ -22,13 +22,15 @@ DEFAULTS: dict[str, Any] = {
     "norm": "kn",
     "decoder_norm": None,
     "num_classes": None,
-    "output_stride": 16,
+    "output_stride": None,  # None: the architecture's default (OUTPUT_STRIDES)
     "dropout_p": 0.05,
     "decoder_dropout": 0.1,
     "encoder_weights": None,
     "in_channels": 3,
-    "decoder_channels": None,
+    "decoder_channels": None,  # None: the architecture's default (DECODER_CHANNELS)
 }
+OUTPUT_STRIDES = {"deeplabv3": 16, "deeplabv3plus": 16, "unet": 32}
+DECODER_CHANNELS: dict[str, Any] = {"deeplabv3": 256, "deeplabv3plus": 256, "unet": (256, 128, 64, 32, 16)}
 
 
 def _choice(value: Any, choices: tuple[str, ...], key: str) -> str:
@@ -59,13 +61,27 @@ def resolve_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         )
     if not isinstance(out["num_classes"], int) or out["num_classes"] < 1:
         raise ValueError(f"model.num_classes: expected a positive integer, got {out['num_classes']!r}")
+    if out["output_stride"] is None:
+        out["output_stride"] = OUTPUT_STRIDES[out["arch"]]
     if out["output_stride"] not in (8, 16, 32):
         raise ValueError(f"model.output_stride: expected 8, 16 or 32, got {out['output_stride']!r}")
     if out["encoder_depth"] not in (1, 2, 3, 4, 5):
         raise ValueError(f"model.encoder_depth: expected 1..5, got {out['encoder_depth']!r}")
+    if out["decoder_channels"] is None:
+        default = DECODER_CHANNELS[out["arch"]]
+        out["decoder_channels"] = list(default[: out["encoder_depth"]]) if out["arch"] == "unet" else default
     channels = out["decoder_channels"]
-    if out["arch"] == "unet" and channels is not None and not isinstance(channels, list | tuple):
-        raise ValueError(f"model.decoder_channels: unet takes one value per encoder stage, got {channels}")
+    if out["arch"] == "unet" and not isinstance(channels, list | tuple):
+        raise ValueError(
+            f"model.decoder_channels: unet takes a list, one value per encoder stage, got {channels}"
+        )
+    if out["arch"] == "unet" and len(channels) != out["encoder_depth"]:
+        raise ValueError(
+            f"model.decoder_channels: unet needs one value per encoder stage "
+            f"({out['encoder_depth']}), got {channels}"
+        )
+    if out["arch"] != "unet" and isinstance(channels, list | tuple):
+        raise ValueError(f"model.decoder_channels: {out['arch']} takes one integer, got {channels}")
     if out["arch"] == "deeplabv3plus" and out["encoder_depth"] < 3:
         raise ValueError("model.encoder_depth: deeplabv3plus needs encoder_depth >= 3")
     if not 0.0 <= float(out["dropout_p"]) < 1.0 or not 0.0 <= float(out["decoder_dropout"]) < 1.0:

@@ -73,3 +73,8 @@ def test_with_train_transform(cityscapes_root: Path) -> None:
     assert image.dtype == torch.float32 and image.shape == (3, 16, 24)
     assert mask.dtype == torch.int64 and mask.shape == (16, 24)
     assert set(mask.unique().tolist()) <= {0, 1, 13, 18, 255}
+
+
+def test_train_ids_to_other_label_ids() -> None:
+    mapped = train_ids_to_label_ids(np.array([[0, 2], [255, 1]]), label_ids=[300, 5, 9])
+    assert mapped.tolist() == [[300, 9], [0, 5]] and mapped.dtype == np.int64

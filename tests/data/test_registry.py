@@ -39,3 +39,21 @@ def test_transform_is_applied(voc_root: Path) -> None:
     transform = build_transform({"crop_size": 16}, train=True)
     image, mask = build_dataset({"type": "voc", "root": voc_root}, "val", transform=transform)[0]
     assert image.shape == (3, 16, 16) and mask.shape == (16, 16) and mask.dtype == torch.int64
+
+
+def test_shapes_defaults_come_from_the_dataset() -> None:
+    dataset = build_dataset({"type": "shapes"}, "train")
+    assert len(dataset) == len(ShapesDataset("train")) == 2000 and dataset.size == (128, 128)
+    assert len(build_dataset({"type": "shapes", "length": None}, "val")) == 200
+
+
+def test_data_settings_route_config_names_to_data_names() -> None:
+    from segkn.config import Config
+    from segkn.data import data_settings
+
+    data = Config().data
+    data.shapes_size, data.shapes_val_length, data.hflip = [64, 96], 3, False
+    settings = data_settings(data)
+    assert settings["size"] == [64, 96] and settings["hflip"] == 0.0 and settings["normalize"] == "none"
+    dataset = build_dataset(settings, "val", build_transform(settings, train=False))
+    assert len(dataset) == 3 and dataset[0][0].shape == (3, 64, 96)
