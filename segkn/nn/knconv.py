@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from segkn.nn.functional import KNGeometry, kn_conv2d
-from segkn.nn.kernel_norm import IntOr2, Padding, to_pad4
+from segkn.nn.functional import kn_conv2d
+from segkn.nn.geometry import IntOr2, KNGeometry, Padding, to_pad4
+from segkn.nn.kernel_norm import KN_DROPOUT_P
 
 
 class KNConv2d(nn.Conv2d):
@@ -41,7 +42,7 @@ class KNConv2d(nn.Conv2d):
         dilation: IntOr2 = 1,
         groups: int = 1,
         bias: bool = True,
-        dropout_p: float = 0.05,
+        dropout_p: float = KN_DROPOUT_P,
         eps: float = 1e-5,
         relu: bool = False,
         device: torch.device | str | None = None,
@@ -111,7 +112,7 @@ class KNConv2d1x1(KNConv2d):
         stride: IntOr2 = 1,
         groups: int = 1,
         bias: bool = True,
-        dropout_p: float = 0.05,
+        dropout_p: float = KN_DROPOUT_P,
         eps: float = 1e-5,
         relu: bool = False,
     ) -> None:

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from segkn.nn import KernelNorm2d, KernelNorm2d1x1
-from segkn.nn.kernel_norm import to_pad4
+from segkn.nn.geometry import to_pad4
 
 
 def test_output_lays_units_side_by_side():
