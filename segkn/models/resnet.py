@@ -20,6 +20,7 @@ from segmentation_models_pytorch.encoders._base import EncoderMixin
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from segkn.nn import KN_DROPOUT_P
 from segkn.nn.blocks import check_norm, make_norm
 from segkn.nn.knconv import KNConv2d, KNConv2d1x1
 
@@ -65,7 +66,7 @@ class ResNetEncoder(ResNet, EncoderMixin):
         in_channels: int = 3,
         depth: int = 5,
         output_stride: int = 32,
-        dropout_p: float = 0.05,
+        dropout_p: float = KN_DROPOUT_P,
     ) -> None:
         if name not in RESNET_SPECS:
             raise ValueError(f"unknown resnet {name!r}; valid choices: {', '.join(RESNET_SPECS)}")
@@ -141,7 +142,7 @@ def replace_convs(module: nn.Module, build: Callable[[nn.Conv2d], nn.Conv2d]) ->
             replace_convs(child, build)
 
 
-def to_knconv(conv: nn.Conv2d, dropout_p: float = 0.05) -> KNConv2d:
+def to_knconv(conv: nn.Conv2d, dropout_p: float = KN_DROPOUT_P) -> KNConv2d:
     """A KNConv2d with the shape, stride, padding, dilation and weights of ``conv``, and a zero bias."""
     assert isinstance(conv.padding, tuple), "string padding has no KN equivalent"
     if conv.kernel_size == (1, 1) and conv.padding == (0, 0):
