@@ -271,6 +271,7 @@ class KNResNetEncoder(_KNResNetBody, EncoderMixin):
             self.relu_f = nn.ReLU()
             self.stage_blocks[3] += ["kn_f", "relu_f"]
         self._depth = depth
+        self._stage_ends = [names[-1] for names in self.stage_blocks]  # each gives a feature
         self._in_channels = in_channels
         self._out_channels = [in_channels, *stage_channels]
         self._output_stride = 32
@@ -304,14 +305,17 @@ class KNResNetEncoder(_KNResNetBody, EncoderMixin):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         features = [x]
-        if self._depth >= 1:
-            x = self.block0[0](x)
-            features.append(x)
-        for i, names in enumerate(self.stage_blocks):
-            if i == 0:
-                x = self.block0[1](x)
-            x = self.run_blocks(names, x)
-            features.append(x)
+        x = self.block0[0](x)
+        features.append(x)
+        if self._depth > 1:
+            x = self.block0[1](x)
+        # The blocks run in the order they were added (as in nn.Sequential; TorchScript unrolls the
+        # loop); the last block of each stage gives that stage's feature.
+        for name, block in self.named_children():
+            if name != "block0":
+                x = block(x)
+                if name in self._stage_ends:
+                    features.append(x)
         return features
 
     def load_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True, **kwargs):  # type: ignore[override]

@@ -119,8 +119,18 @@ class ResNetEncoder(ResNet, EncoderMixin):
         x = self.relu(self.bn1(self.conv1(x)))
         features.append(x)
         x = self.maxpool(x)
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4)[: self._depth - 1]:
-            x = layer(x)
+        # one test per stage (as in smp's encoders), which TorchScript compiles
+        if self._depth >= 2:
+            x = self.layer1(x)
+            features.append(x)
+        if self._depth >= 3:
+            x = self.layer2(x)
+            features.append(x)
+        if self._depth >= 4:
+            x = self.layer3(x)
+            features.append(x)
+        if self._depth >= 5:
+            x = self.layer4(x)
             features.append(x)
         return features
 

@@ -5,9 +5,8 @@ output and the epilogue ``(conv - mu * sum(W)) * r + b``; also the dtype rules (
 least float32, autocast switched off while they are computed) and the dropout mask.
 """
 
-from __future__ import annotations
-
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,15 +22,32 @@ def stats_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _float32_stats(x: Tensor) -> contextlib.AbstractContextManager:
+class _Unchanged:
+    """A context that does nothing, which TorchScript can compile."""
+
+    def __init__(self) -> None:
+        pass
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        pass
+
+
+def _float32_stats(x: Tensor):  # no return annotation: one type under TorchScript, another in Python
     """Context that switches autocast off while statistics are computed in float32 (a plain
-    ``torch.autocast`` object, which torch.compile traces without a graph break)."""
+    ``torch.autocast`` object, which torch.compile traces without a graph break). TorchScript
+    compiles a context that does nothing: scripted code has no autocast to switch off here."""
+    if torch.jit.is_scripting():
+        return _Unchanged()
     device_type = x.device.type
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
 
+@torch.jit.unused  # eager and torch.compile only: TorchScript draws with F.dropout (see _tracing)
 def dropout_mask(like: Tensor, p: float) -> Tensor:
     """Boolean mask of the values a dropout with probability ``p`` drops, shaped like ``like``.
 
@@ -46,6 +62,9 @@ def dropout_mask(like: Tensor, p: float) -> Tensor:
 
 
 def _tracing() -> bool:
+    """Whether a tracer or compiler (torch.compile, torch.export, functorch, TorchScript) runs the code."""
+    if torch.jit.is_scripting():
+        return True
     return (
         torch.compiler.is_compiling()
         or torch.compiler.is_exporting()
@@ -57,6 +76,8 @@ def _dtypes(x: Tensor) -> tuple[torch.dtype, torch.dtype]:
     """(statistics dtype, convolution dtype): statistics in at least float32; the convolution in
     autocast's dtype where autocast is on, as ``F.conv2d`` would run."""
     stats = stats_dtype(x)
+    if torch.jit.is_scripting():
+        return stats, x.dtype
     device = x.device.type
     conv = x.dtype
     if (
@@ -92,7 +113,7 @@ def _pool(maps: Tensor, geo: KNGeometry) -> Tensor:
     if dilation == (1, 1):
         return F.avg_pool2d(maps, kernel, stride)
     channels = maps.shape[1]
-    window = maps.new_full((channels, 1, *kernel), 1.0 / (kernel[0] * kernel[1]))
+    window = maps.new_full((channels, 1, kernel[0], kernel[1]), 1.0 / (kernel[0] * kernel[1]))
     return F.conv2d(maps, window, None, stride, 0, dilation, groups=channels)
 
 
@@ -141,6 +162,7 @@ def _weight_sum(weight: Tensor, dtype: torch.dtype) -> Tensor:
     return weight.to(dtype).sum(dim=(1, 2, 3)).view(1, -1, 1, 1)
 
 
+@torch.jit.unused  # eager only: TorchScript runs the out-of-place epilogue
 def _epilogue_inplace(
     conv: Tensor, mean: Tensor, inv_std: Tensor, weight: Tensor, bias: Tensor | None, relu: bool
 ) -> Tensor:

@@ -54,6 +54,8 @@ def kn_conv2d(
     relu: bool = False,
 ) -> Tensor:
     """Kernel normalized convolution of ``x`` (N, C, H, W); ``relu`` applies a ReLU to the output."""
+    if torch.jit.is_scripting():  # TorchScript runs the plain ops (it cannot run autograd Functions)
+        return _kn_conv2d_ops(x, weight, bias, geometry, dropout_p if training else 0.0, eps, relu, False)
     if x.dim() != 4:
         raise ValueError(f"kn_conv2d expects a 4-d input (N, C, H, W), got shape {tuple(x.shape)}")
     p = float(dropout_p) if training else 0.0

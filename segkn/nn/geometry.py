@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 IntOr2 = int | Sequence[int]
 Padding = int | Sequence[int]
@@ -42,7 +41,7 @@ def to_pad4(padding: Padding) -> tuple[int, int, int, int]:
     raise ValueError(f"padding must be an int, (h, w) or (left, right, top, bottom), got {padding!r}")
 
 
-@dataclass(frozen=True)
+# A plain class rather than a frozen dataclass: TorchScript compiles it (see KNConv2d's scripting).
 class KNGeometry:
     """Kernel, stride, dilation, groups and padding of a KN convolution, and how the conv pads.
 
@@ -52,11 +51,19 @@ class KNGeometry:
     input is padded explicitly.
     """
 
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    pad4: tuple[int, int, int, int]  # left, right, top, bottom
-    groups: int
+    def __init__(
+        self,
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        dilation: tuple[int, int],
+        pad4: tuple[int, int, int, int],  # left, right, top, bottom
+        groups: int,
+    ) -> None:
+        self.kernel = kernel
+        self.stride = stride
+        self.dilation = dilation
+        self.pad4 = pad4
+        self.groups = groups
 
     @property
     def extent(self) -> tuple[int, int]:

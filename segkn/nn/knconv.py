@@ -32,6 +32,9 @@ class KNConv2d(nn.Conv2d):
     pass of a separate ReLU while training.
     """
 
+    # TorchScript takes `padding` as a constant (nn.Conv2d's __constants__): its getter is not compiled.
+    __jit_unused_properties__ = ["padding"]
+
     def __init__(
         self,
         in_channels: int,
