@@ -14,8 +14,9 @@ In eager mode with gradients the layer runs as one autograd Function that keeps 
 backward needs: the input (which the preceding ReLU keeps anyway), the output (which a fused ReLU
 or the following max pool keeps anyway), a boolean dropout mask and per-position maps. The
 backward recomputes the cheap window statistics (``segkn.nn._kn_autograd``). Under
-``torch.compile``, ``torch.export`` and functorch transforms the same formula runs as plain
-differentiable ops, which inductor fuses. Both paths are made of the pieces in ``segkn.nn._kn_parts``.
+``torch.compile``, ``torch.export``, functorch transforms and ``torch.jit.script`` the same formula
+runs as plain differentiable ops, which inductor fuses. Both paths are made of the pieces in
+``segkn.nn._kn_parts``.
 """
 
 from __future__ import annotations
