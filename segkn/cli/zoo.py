@@ -8,6 +8,7 @@ import time
 import torch
 
 from segkn.models.factory import ARCHS, ENCODERS, build_model, count_parameters
+from segkn.models.registry import default_norm
 
 HELP = "model-zoo demo: build models, run one on an image, print shapes"
 
@@ -27,12 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--no-table", action="store_true", help="skip the parameter table of the whole zoo")
     return parser
-
-
-# registry: default_norm
-def default_norm(encoder: str) -> str:
-    """The norm word that an encoder runs with by default: kn for KNResNets, bn for the others."""
-    return "kn" if encoder.startswith("knresnet") else "bn"
 
 
 def _image(path: str | None) -> torch.Tensor:

@@ -9,17 +9,17 @@ from torch import Tensor, nn
 class SegmentationModel(nn.Module):
     """Runs encoder -> decoder -> head on any input size and returns logits of exactly that size.
 
-    The input is zero-padded at the bottom and right to a multiple of ``size_divisor`` (the
-    encoder's largest stride), so that every feature map lines up with its skip connection; the
-    logits are upsampled to the padded size and cropped back to the input's H x W.
+    The input is zero-padded at the bottom and right to a multiple of ``size_divisor``, the
+    encoder's largest stride (2 ** depth, dilated or not), so that every feature map lines up with
+    its skip connection; the logits are upsampled to the padded size and cropped back to the input's H x W.
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, head: nn.Module, size_divisor: int) -> None:
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, head: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.head = head
-        self.size_divisor = size_divisor
+        self.size_divisor = 2 ** (len(encoder.out_channels) - 1)
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]

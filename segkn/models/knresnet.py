@@ -1,9 +1,10 @@
-"""KNResNet-18/34/50 (Nasirigerdeh et al., TMLR 2024): classifier, dense encoder, official weights.
+"""KNResNet-18/34/50 (Nasirigerdeh et al., TMLR 2024): classifier and dense encoder.
 
 KNResNets are pre-activation residual networks made of 2x2 kernel normalized convolutions. Module
 names and shapes follow the paper's official ImageNet models, so their checkpoints load through
-``load_official_weights``: the keys are the same except that a 1x1 KN convolution keeps its weight
-as ``<name>.weight`` where the official code has ``<name>.conv1x1.weight``.
+``segkn.models.weights.load_official_weights``: the keys are the same except that a 1x1 KN
+convolution keeps its weight as ``<name>.weight`` where the official code has
+``<name>.conv1x1.weight``.
 
 Layout of the dense encoder (the feature after each stage, stride in brackets):
     stage 1 [2]:  block0.0              7x7/2 KNConv
@@ -19,19 +20,15 @@ stage 5 sits at stride 32: same weights, same keys.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 from torch import Tensor, nn
 
-from segkn.nn import KernelNorm2d1x1, KNConv2d, KNConv2d1x1
-
-log = logging.getLogger(__name__)
+from segkn.nn import KN_DROPOUT_P, KernelNorm2d1x1, KNConv2d, KNConv2d1x1
 
 
 @dataclass(frozen=True)
@@ -216,7 +213,11 @@ class KNResNet(_KNResNetBody):
     """KNResNet ImageNet classifier with the paper's exact layout and parameter count."""
 
     def __init__(
-        self, name: str = "knresnet18", num_classes: int = 1000, dropout_p: float = 0.05, in_channels: int = 3
+        self,
+        name: str = "knresnet18",
+        num_classes: int = 1000,
+        dropout_p: float = KN_DROPOUT_P,
+        in_channels: int = 3,
     ) -> None:
         super().__init__(name, in_channels, dropout_p, 5, CLASSIFIER_TRANSITION3_PADDING)
         spec = SPECS[name]
@@ -250,7 +251,7 @@ class KNResNetEncoder(_KNResNetBody, EncoderMixin):
         in_channels: int = 3,
         depth: int = 5,
         output_stride: int = 32,
-        dropout_p: float = 0.05,
+        dropout_p: float = KN_DROPOUT_P,
     ) -> None:
         if not 1 <= depth <= 5:
             raise ValueError(f"encoder_depth must be in 1..5 for {name}, got {depth}")
@@ -270,6 +271,7 @@ class KNResNetEncoder(_KNResNetBody, EncoderMixin):
             self.relu_f = nn.ReLU()
             self.stage_blocks[3] += ["kn_f", "relu_f"]
         self._depth = depth
+        self._stage_ends = [names[-1] for names in self.stage_blocks]  # each gives a feature
         self._in_channels = in_channels
         self._out_channels = [in_channels, *stage_channels]
         self._output_stride = 32
@@ -303,14 +305,17 @@ class KNResNetEncoder(_KNResNetBody, EncoderMixin):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         features = [x]
-        if self._depth >= 1:
-            x = self.block0[0](x)
-            features.append(x)
-        for i, names in enumerate(self.stage_blocks):
-            if i == 0:
-                x = self.block0[1](x)
-            x = self.run_blocks(names, x)
-            features.append(x)
+        x = self.block0[0](x)
+        features.append(x)
+        if self._depth > 1:
+            x = self.block0[1](x)
+        # The blocks run in the order they were added (as in nn.Sequential; TorchScript unrolls the
+        # loop); the last block of each stage gives that stage's feature.
+        for name, block in self.named_children():
+            if name != "block0":
+                x = block(x)
+                if name in self._stage_ends:
+                    features.append(x)
         return features
 
     def load_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True, **kwargs):  # type: ignore[override]
@@ -326,83 +331,6 @@ def _set_dilation(conv: nn.Module, dilation: int) -> None:
     old = conv.dilation[0]
     conv.pad4 = tuple(p // old * dilation for p in conv.pad4)
     conv.dilation = (dilation, dilation)
-
-
-# ---- official ImageNet checkpoints ---------------------------------------------------------------
-
-
-class WeightsError(ValueError):
-    """A weights file that cannot be used as asked."""
-
-
-def official_key(key: str) -> str:
-    """segkn key for a key of an official KNResNet checkpoint."""
-    if key.startswith("module."):
-        key = key[len("module.") :]
-    return key.replace(".conv1x1.", ".")
-
-
-def read_weights_file(path: str | Path) -> dict[str, Tensor]:
-    """A state dict from an official ``{"model": state_dict}`` checkpoint or a plain state dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: encoder weights file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise WeightsError(
-            f"{path}: cannot be read as weights (corrupt, truncated, or it holds objects other than "
-            f"tensors, which are refused and never executed): {exc}"
-        ) from exc
-    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
-        payload = payload["model"]
-    if not isinstance(payload, dict) or not all(isinstance(v, Tensor) for v in payload.values()):
-        raise WeightsError(f"{path}: expected a state dict of tensors or {{'model': state_dict}}")
-    return payload
-
-
-def load_official_weights(model: nn.Module, path: str | Path, in_channels: int | None = None) -> list[str]:
-    """Load an official ``knresnet{18,34,50}_imagenet.pth`` into a KNResNet or KNResNetEncoder.
-
-    Every key the model has must come from the file with the same shape; the file's classifier
-    (``fc.*``) is left out for an encoder, and so are the keys of stages that a shallower encoder
-    does not build. Anything else that does not match is an error. For an encoder with
-    in_channels != 3 the stem filters are adapted (summed for 1 channel, else cycled and rescaled).
-    Returns the file's keys that were left out.
-    """
-    state = {official_key(k): v for k, v in read_weights_file(path).items()}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    if missing:
-        raise WeightsError(
-            f"{path}: {len(missing)} keys of {type(model).__name__} are not in the file, e.g. {missing[:5]}; "
-            "is it a checkpoint of the same KNResNet depth?"
-        )
-    left_out = sorted(set(state) - set(own))
-    depth = getattr(model, "_depth", 5)
-    allowed = {"fc."} if depth == 5 else {"fc.", "trans_block", "res_block", "conv_block_f"}
-    unexpected = [k for k in left_out if not any(k.startswith(p) for p in allowed)]
-    if unexpected or (depth == 5 and any(not k.startswith("fc.") for k in left_out)):
-        raise WeightsError(f"{path}: keys that {type(model).__name__} does not have: {left_out[:5]}")
-    stem = "block0.0.weight"
-    if in_channels is not None and state[stem].shape[1] != own[stem].shape[1]:
-        state[stem] = _adapt_stem(state[stem], own[stem].shape[1])
-    bad = [k for k in own if state[k].shape != own[k].shape]
-    if bad:
-        raise WeightsError(
-            f"{path}: shape mismatch for {bad[:5]} (file {tuple(state[bad[0]].shape)} vs model "
-            f"{tuple(own[bad[0]].shape)}); is it a checkpoint of the same KNResNet depth?"
-        )
-    model.load_state_dict({k: state[k] for k in own}, strict=True)
-    log.info("loaded %d tensors from %s (left out: %d)", len(own), path, len(left_out))
-    return left_out
-
-
-def _adapt_stem(weight: Tensor, in_channels: int) -> Tensor:
-    if in_channels == 1:
-        return weight.sum(dim=1, keepdim=True)
-    index = torch.arange(in_channels) % weight.shape[1]
-    return weight[:, index] * (weight.shape[1] / in_channels)
 
 
 def register_smp_encoders() -> None:

@@ -20,6 +20,7 @@ from segmentation_models_pytorch.encoders._base import EncoderMixin
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from segkn.nn import KN_DROPOUT_P
 from segkn.nn.blocks import check_norm, make_norm
 from segkn.nn.knconv import KNConv2d, KNConv2d1x1
 
@@ -65,7 +66,7 @@ class ResNetEncoder(ResNet, EncoderMixin):
         in_channels: int = 3,
         depth: int = 5,
         output_stride: int = 32,
-        dropout_p: float = 0.05,
+        dropout_p: float = KN_DROPOUT_P,
     ) -> None:
         if name not in RESNET_SPECS:
             raise ValueError(f"unknown resnet {name!r}; valid choices: {', '.join(RESNET_SPECS)}")
@@ -118,8 +119,18 @@ class ResNetEncoder(ResNet, EncoderMixin):
         x = self.relu(self.bn1(self.conv1(x)))
         features.append(x)
         x = self.maxpool(x)
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4)[: self._depth - 1]:
-            x = layer(x)
+        # one test per stage (as in smp's encoders), which TorchScript compiles
+        if self._depth >= 2:
+            x = self.layer1(x)
+            features.append(x)
+        if self._depth >= 3:
+            x = self.layer2(x)
+            features.append(x)
+        if self._depth >= 4:
+            x = self.layer3(x)
+            features.append(x)
+        if self._depth >= 5:
+            x = self.layer4(x)
             features.append(x)
         return features
 
@@ -141,7 +152,7 @@ def replace_convs(module: nn.Module, build: Callable[[nn.Conv2d], nn.Conv2d]) ->
             replace_convs(child, build)
 
 
-def to_knconv(conv: nn.Conv2d, dropout_p: float = 0.05) -> KNConv2d:
+def to_knconv(conv: nn.Conv2d, dropout_p: float = KN_DROPOUT_P) -> KNConv2d:
     """A KNConv2d with the shape, stride, padding, dilation and weights of ``conv``, and a zero bias."""
     assert isinstance(conv.padding, tuple), "string padding has no KN equivalent"
     if conv.kernel_size == (1, 1) and conv.padding == (0, 0):

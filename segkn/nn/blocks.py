@@ -11,6 +11,7 @@ import math
 
 from torch import Tensor, nn
 
+from segkn.nn.kernel_norm import KN_DROPOUT_P
 from segkn.nn.knconv import KNConv2d, KNConv2d1x1
 
 NORMS = ("kn", "bn", "gn", "ln", "none")
@@ -47,7 +48,7 @@ def conv_norm(
     dilation: int = 1,
     groups: int = 1,
     norm: str = "kn",
-    dropout_p: float = 0.05,
+    dropout_p: float = KN_DROPOUT_P,
     relu: bool = False,
 ) -> nn.Module:
     """A convolution and its normalization: one KNConv2d for ``kn``, else Conv2d + norm layer.
@@ -92,7 +93,7 @@ class ConvNormAct(nn.Module):
         padding: int | None = None,
         dilation: int = 1,
         norm: str = "kn",
-        dropout_p: float = 0.05,
+        dropout_p: float = KN_DROPOUT_P,
     ) -> None:
         super().__init__()
         if padding is None:

@@ -7,43 +7,15 @@ parameters and is batch-independent: a sample's output never depends on the othe
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IntOr2 = int | Sequence[int]
-Padding = int | Sequence[int]
+from segkn.nn._kn_parts import _float32_stats, stats_dtype
+from segkn.nn.geometry import IntOr2, Padding, to_pad4, to_pair
 
-
-def to_pair(value: IntOr2, name: str) -> tuple[int, int]:
-    """An int or a 2-sequence as an (h, w) pair."""
-    if isinstance(value, int):
-        return value, value
-    pair = tuple(int(v) for v in value)
-    if len(pair) != 2:
-        raise ValueError(f"{name} must be an int or a pair (h, w), got {value!r}")
-    return pair  # type: ignore[return-value]
-
-
-def to_pad4(padding: Padding) -> tuple[int, int, int, int]:
-    """Padding as (left, right, top, bottom).
-
-    An int pads all sides; a 2-sequence is (pad_h, pad_w) as in ``nn.Conv2d``; a 4-sequence is
-    (left, right, top, bottom) as in ``F.pad``.
-    """
-    if isinstance(padding, str):
-        raise ValueError(f"string padding {padding!r} is not supported; give int, (h, w) or (l, r, t, b)")
-    if isinstance(padding, int):
-        return padding, padding, padding, padding
-    pad = tuple(int(p) for p in padding)
-    if len(pad) == 2:
-        return pad[1], pad[1], pad[0], pad[0]
-    if len(pad) == 4:
-        return pad  # type: ignore[return-value]
-    raise ValueError(f"padding must be an int, (h, w) or (left, right, top, bottom), got {padding!r}")
+# The statistics dropout of every KN layer unless told otherwise: the paper's KNResNets use 0.05.
+KN_DROPOUT_P = 0.05
 
 
 class KernelNorm2d(nn.Module):
@@ -60,7 +32,7 @@ class KernelNorm2d(nn.Module):
         kernel_size: IntOr2 = 1,
         stride: IntOr2 = 1,
         padding: Padding = 0,
-        dropout_p: float = 0.1,
+        dropout_p: float = KN_DROPOUT_P,
         eps: float = 1e-5,
     ) -> None:
         super().__init__()
@@ -93,7 +65,7 @@ class KernelNorm2d(nn.Module):
 class KernelNorm2d1x1(nn.Module):
     """Kernel normalization with 1x1 units: each pixel normalized over its channels."""
 
-    def __init__(self, dropout_p: float = 0.1, eps: float = 1e-5) -> None:
+    def __init__(self, dropout_p: float = KN_DROPOUT_P, eps: float = 1e-5) -> None:
         super().__init__()
         self.dropout_p = float(dropout_p)
         self.eps = float(eps)
@@ -108,17 +80,3 @@ class KernelNorm2d1x1(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dropout_p={self.dropout_p}, eps={self.eps}"
-
-
-def stats_dtype(x: Tensor) -> torch.dtype:
-    """Statistics are computed in at least float32 (float64 stays float64)."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
-def _float32_stats(x: Tensor) -> contextlib.AbstractContextManager:
-    """Context that switches autocast off while statistics are computed in float32 (a plain
-    ``torch.autocast`` object, which torch.compile traces without a graph break)."""
-    device_type = x.device.type
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()

@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from segkn.nn.functional import KNGeometry, kn_conv2d
-from segkn.nn.kernel_norm import IntOr2, Padding, to_pad4
+from segkn.nn.functional import kn_conv2d
+from segkn.nn.geometry import IntOr2, KNGeometry, Padding, to_pad4
+from segkn.nn.kernel_norm import KN_DROPOUT_P
 
 
 class KNConv2d(nn.Conv2d):
@@ -31,6 +32,9 @@ class KNConv2d(nn.Conv2d):
     pass of a separate ReLU while training.
     """
 
+    # TorchScript takes `padding` as a constant (nn.Conv2d's __constants__): its getter is not compiled.
+    __jit_unused_properties__ = ["padding"]
+
     def __init__(
         self,
         in_channels: int,
@@ -41,7 +45,7 @@ class KNConv2d(nn.Conv2d):
         dilation: IntOr2 = 1,
         groups: int = 1,
         bias: bool = True,
-        dropout_p: float = 0.05,
+        dropout_p: float = KN_DROPOUT_P,
         eps: float = 1e-5,
         relu: bool = False,
         device: torch.device | str | None = None,
@@ -111,7 +115,7 @@ class KNConv2d1x1(KNConv2d):
         stride: IntOr2 = 1,
         groups: int = 1,
         bias: bool = True,
-        dropout_p: float = 0.05,
+        dropout_p: float = KN_DROPOUT_P,
         eps: float = 1e-5,
         relu: bool = False,
     ) -> None:

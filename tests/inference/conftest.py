@@ -13,7 +13,7 @@ from segkn.config import config_from_dict
 from segkn.data.base import default_palette
 from segkn.engine.checkpoint import save_checkpoint
 from segkn.inference.export import export_onnx
-from segkn.models import build_model
+from segkn.models import build_model, default_norm
 from tests.engine._configs import TINY, merge
 
 
@@ -54,7 +54,7 @@ NUM_CLASSES = 4
 def kind_config(arch: str, encoder: str, norm: str, **extra: Any) -> dict[str, Any]:
     """The model mapping of one grid point; KNResNet encoders are KN by design, so for them the norm
     word goes to the decoder."""
-    if encoder.startswith("knresnet"):
+    if default_norm(encoder) == "kn":
         norms = {"norm": "kn", "decoder_norm": norm}
     else:
         norms = {"norm": norm}

@@ -60,3 +60,33 @@ def test_encoder_weights_from_an_official_checkpoint(tmp_path):
     assert torch.equal(model.encoder.res_block3.conv1.weight, classifier.res_block3.conv1.weight)
     with pytest.raises(ValueError, match="not found"):
         build_model({"encoder": "knresnet18", "num_classes": 3, "encoder_weights": str(tmp_path / "x.pth")})
+
+
+@pytest.mark.parametrize("encoder", ["knresnet18", "resnet18"])
+@pytest.mark.parametrize("depth", [1, 2])
+def test_shallow_unet_builds_and_keeps_the_input_size(encoder, depth):
+    """encoder_depth 1 and 2 are accepted by the config: a U-Net is built and runs at any size."""
+    model = build_model({"arch": "unet", "encoder": encoder, "encoder_depth": depth, "num_classes": 3}).eval()
+    assert model.encoder.output_stride == 2**depth and model.size_divisor == 2**depth
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 37, 50)).shape == (1, 3, 37, 50)
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3", "deeplabv3plus"])
+@pytest.mark.parametrize("depth", [1, 2])
+def test_deeplab_refuses_a_shallow_encoder_in_validation(arch, depth):
+    with pytest.raises(ValueError, match=rf"model\.encoder_depth: {arch} needs encoder_depth >= 3.*unet"):
+        build_model({"arch": arch, "encoder_depth": depth, "num_classes": 3})
+
+
+@pytest.mark.parametrize(("arch", "expected"), [("deeplabv3", 16), ("deeplabv3plus", 16), ("unet", 32)])
+@pytest.mark.parametrize("given", [{}, {"output_stride": None}])
+def test_output_stride_defaults_per_architecture(arch, expected, given):
+    model = build_model({"arch": arch, "encoder_depth": 5, "num_classes": 2, **given})
+    assert model.encoder.output_stride == expected
+    assert model.config["output_stride"] == expected
+
+
+def test_an_explicit_output_stride_is_kept():
+    model = build_model({"arch": "unet", "output_stride": 16, "num_classes": 2})
+    assert model.encoder.output_stride == 16 and model.config["output_stride"] == 16

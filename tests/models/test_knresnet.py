@@ -9,12 +9,8 @@ import segmentation_models_pytorch as smp
 import torch
 
 import segkn  # noqa: F401  (registers the KNResNet encoders in smp)
-from segkn.models.knresnet import (
-    KNResNet,
-    KNResNetEncoder,
-    WeightsError,
-    load_official_weights,
-)
+from segkn.models.knresnet import KNResNet, KNResNetEncoder
+from segkn.models.weights import WeightsError, load_official_weights
 from segkn.nn import KNConv2d, KNConv2d1x1
 
 NAMES = ("knresnet18", "knresnet34", "knresnet50")

@@ -1,9 +1,7 @@
-import pytest
 import torch
 import torch.nn.functional as F
 
 from segkn.nn import KernelNorm2d, KernelNorm2d1x1
-from segkn.nn.kernel_norm import to_pad4
 
 
 def test_output_lays_units_side_by_side():
@@ -41,16 +39,3 @@ def test_batch_independence():
     x = torch.randn(4, 3, 8, 8)
     norm = KernelNorm2d(3, 1, 1).eval()
     assert torch.allclose(norm(x)[1:2], norm(x[1:2]))
-
-
-@pytest.mark.parametrize(
-    "padding,expected",
-    [(2, (2, 2, 2, 2)), ((1, 3), (3, 3, 1, 1)), ((1, 0, 2, 3), (1, 0, 2, 3))],
-)
-def test_padding_forms(padding, expected):
-    assert to_pad4(padding) == expected
-
-
-def test_bad_padding_is_refused():
-    with pytest.raises(ValueError, match="padding"):
-        to_pad4((1, 2, 3))

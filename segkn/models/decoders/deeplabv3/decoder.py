@@ -12,21 +12,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segkn.nn import KN_DROPOUT_P
 from segkn.nn.blocks import ConvNormAct
+
+ASPP_CHANNELS = 256  # width of the ASPP branches and of the decoder's output
+ATROUS_RATES = (6, 12, 18)  # at output stride 16
+DECODER_DROPOUT = 0.1  # dropout after the ASPP projection
+# Both decoders need a feature past stride 4: the default atrous rates are set for output stride 8, 16
+# or 32, and DeepLabV3+ fuses that deeper feature with the stride-4 one (at depth 2 they would be one).
+MIN_ENCODER_DEPTH = 3
 
 
 def default_atrous_rates(output_stride: int) -> tuple[int, ...]:
     """ASPP rates for an encoder's output stride: (12, 24, 36) at 8, (6, 12, 18) at 16, (3, 6, 9) at 32."""
     if output_stride not in (8, 16, 32):
         raise ValueError(f"no default atrous rates for output stride {output_stride}; use 8, 16 or 32")
-    return tuple(rate * 16 // output_stride for rate in (6, 12, 18))
+    return tuple(rate * 16 // output_stride for rate in ATROUS_RATES)
 
 
 class ASPPPooling(nn.Module):
     """Image-level branch: global average pool -> 1x1 ConvNormAct -> broadcast back to the input size."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, norm: str = "kn", dropout_p: float = 0.05
+        self, in_channels: int, out_channels: int, norm: str = "kn", dropout_p: float = KN_DROPOUT_P
     ) -> None:
         super().__init__()
         self.conv = ConvNormAct(in_channels, out_channels, 1, norm=norm, dropout_p=dropout_p)
@@ -44,11 +52,11 @@ class ASPP(nn.Module):
     def __init__(
         self,
         in_channels: int,
-        out_channels: int = 256,
-        atrous_rates: Sequence[int] = (6, 12, 18),
+        out_channels: int = ASPP_CHANNELS,
+        atrous_rates: Sequence[int] = ATROUS_RATES,
         norm: str = "kn",
-        dropout_p: float = 0.05,
-        decoder_dropout: float = 0.1,
+        dropout_p: float = KN_DROPOUT_P,
+        decoder_dropout: float = DECODER_DROPOUT,
     ) -> None:
         super().__init__()
         if not atrous_rates:
@@ -77,14 +85,21 @@ class DeepLabV3Decoder(nn.Module):
     def __init__(
         self,
         encoder_channels: Sequence[int],
-        out_channels: int = 256,
-        atrous_rates: Sequence[int] = (6, 12, 18),
+        out_channels: int = ASPP_CHANNELS,
+        atrous_rates: Sequence[int] = ATROUS_RATES,
         norm: str = "kn",
-        dropout_p: float = 0.05,
-        decoder_dropout: float = 0.1,
+        dropout_p: float = KN_DROPOUT_P,
+        decoder_dropout: float = DECODER_DROPOUT,
     ) -> None:
         super().__init__()
-        self.aspp = ASPP(encoder_channels[-1], out_channels, atrous_rates, norm, dropout_p, decoder_dropout)
+        self.aspp = ASPP(
+            encoder_channels[-1],
+            out_channels,
+            atrous_rates=atrous_rates,
+            norm=norm,
+            dropout_p=dropout_p,
+            decoder_dropout=decoder_dropout,
+        )
         self.conv = ConvNormAct(out_channels, out_channels, 3, norm=norm, dropout_p=dropout_p)
         self.out_channels = out_channels
 
@@ -99,19 +114,27 @@ class DeepLabV3PlusDecoder(nn.Module):
     def __init__(
         self,
         encoder_channels: Sequence[int],
-        out_channels: int = 256,
-        atrous_rates: Sequence[int] = (6, 12, 18),
+        out_channels: int = ASPP_CHANNELS,
+        atrous_rates: Sequence[int] = ATROUS_RATES,
         low_level_channels: int = 48,
         norm: str = "kn",
-        dropout_p: float = 0.05,
-        decoder_dropout: float = 0.1,
+        dropout_p: float = KN_DROPOUT_P,
+        decoder_dropout: float = DECODER_DROPOUT,
     ) -> None:
         super().__init__()
-        if len(encoder_channels) < 3:
+        if len(encoder_channels) - 1 < MIN_ENCODER_DEPTH:
             raise ValueError(
-                f"DeepLabV3+ needs a stride-4 feature: encoder depth >= 2, got {len(encoder_channels) - 1}"
+                f"DeepLabV3+ fuses a feature past stride 4 with the stride-4 one: it needs an encoder of "
+                f"depth >= {MIN_ENCODER_DEPTH}, got {len(encoder_channels) - 1}"
             )
-        self.aspp = ASPP(encoder_channels[-1], out_channels, atrous_rates, norm, dropout_p, decoder_dropout)
+        self.aspp = ASPP(
+            encoder_channels[-1],
+            out_channels,
+            atrous_rates=atrous_rates,
+            norm=norm,
+            dropout_p=dropout_p,
+            decoder_dropout=decoder_dropout,
+        )
         self.low_level = ConvNormAct(
             encoder_channels[2], low_level_channels, 1, norm=norm, dropout_p=dropout_p
         )

@@ -8,10 +8,13 @@ from torch import nn
 
 from segkn.models.base import SegmentationModel
 from segkn.models.decoders.deeplabv3.decoder import (
+    ASPP_CHANNELS,
+    DECODER_DROPOUT,
     DeepLabV3Decoder,
     DeepLabV3PlusDecoder,
     default_atrous_rates,
 )
+from segkn.nn import KN_DROPOUT_P
 
 
 class DeepLabV3(SegmentationModel):
@@ -27,18 +30,23 @@ class DeepLabV3(SegmentationModel):
         encoder: nn.Module,
         num_classes: int,
         norm: str = "kn",
-        decoder_channels: int = 256,
+        decoder_channels: int = ASPP_CHANNELS,
         atrous_rates: Sequence[int] | None = None,
-        dropout_p: float = 0.05,
-        decoder_dropout: float = 0.1,
+        dropout_p: float = KN_DROPOUT_P,
+        decoder_dropout: float = DECODER_DROPOUT,
     ) -> None:
         if atrous_rates is None:
             atrous_rates = default_atrous_rates(encoder.output_stride)
         decoder = DeepLabV3Decoder(
-            encoder.out_channels, decoder_channels, atrous_rates, norm, dropout_p, decoder_dropout
+            encoder.out_channels,
+            out_channels=decoder_channels,
+            atrous_rates=atrous_rates,
+            norm=norm,
+            dropout_p=dropout_p,
+            decoder_dropout=decoder_dropout,
         )
         head = nn.Conv2d(decoder_channels, num_classes, kernel_size=1)
-        super().__init__(encoder, decoder, head, size_divisor=2 ** (len(encoder.out_channels) - 1))
+        super().__init__(encoder, decoder, head)
 
 
 class DeepLabV3Plus(SegmentationModel):
@@ -53,22 +61,22 @@ class DeepLabV3Plus(SegmentationModel):
         encoder: nn.Module,
         num_classes: int,
         norm: str = "kn",
-        decoder_channels: int = 256,
+        decoder_channels: int = ASPP_CHANNELS,
         atrous_rates: Sequence[int] | None = None,
         low_level_channels: int = 48,
-        dropout_p: float = 0.05,
-        decoder_dropout: float = 0.1,
+        dropout_p: float = KN_DROPOUT_P,
+        decoder_dropout: float = DECODER_DROPOUT,
     ) -> None:
         if atrous_rates is None:
             atrous_rates = default_atrous_rates(encoder.output_stride)
         decoder = DeepLabV3PlusDecoder(
             encoder.out_channels,
-            decoder_channels,
-            atrous_rates,
-            low_level_channels,
-            norm,
-            dropout_p,
-            decoder_dropout,
+            out_channels=decoder_channels,
+            atrous_rates=atrous_rates,
+            low_level_channels=low_level_channels,
+            norm=norm,
+            dropout_p=dropout_p,
+            decoder_dropout=decoder_dropout,
         )
         head = nn.Conv2d(decoder_channels, num_classes, kernel_size=1)
-        super().__init__(encoder, decoder, head, size_divisor=2 ** (len(encoder.out_channels) - 1))
+        super().__init__(encoder, decoder, head)

@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segkn.nn import KN_DROPOUT_P
 from segkn.nn.blocks import ConvNormAct
+
+UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)  # one width per block, deepest first; cut to the depth
 
 
 class UNetBlock(nn.Module):
@@ -20,7 +23,7 @@ class UNetBlock(nn.Module):
         skip_channels: int,
         out_channels: int,
         norm: str = "kn",
-        dropout_p: float = 0.05,
+        dropout_p: float = KN_DROPOUT_P,
     ) -> None:
         super().__init__()
         self.conv1 = ConvNormAct(in_channels + skip_channels, out_channels, 3, norm=norm, dropout_p=dropout_p)
@@ -41,15 +44,15 @@ class UNetDecoder(nn.Module):
 
     The skips are the encoder features at strides 2**(depth-1) .. 2; ``features[0]`` (the input)
     is not a skip. ``decoder_channels`` (outputs of the blocks, deepest first) is cut to the encoder
-    depth: (256, 128, 64, 32, 16) for depth 3 gives (256, 128, 64).
+    depth: a depth-3 encoder takes the first three.
     """
 
     def __init__(
         self,
         encoder_channels: Sequence[int],
-        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        decoder_channels: Sequence[int] = UNET_DECODER_CHANNELS,
         norm: str = "kn",
-        dropout_p: float = 0.05,
+        dropout_p: float = KN_DROPOUT_P,
     ) -> None:
         super().__init__()
         depth = len(encoder_channels) - 1

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from torch import nn
 
 from segkn.models.base import SegmentationModel
-from segkn.models.decoders.unet.decoder import UNetDecoder
+from segkn.models.decoders.unet.decoder import UNET_DECODER_CHANNELS, UNetDecoder
+from segkn.nn import KN_DROPOUT_P
 
 
 class UNet(SegmentationModel):
@@ -19,9 +20,11 @@ class UNet(SegmentationModel):
         encoder: nn.Module,
         num_classes: int,
         norm: str = "kn",
-        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
-        dropout_p: float = 0.05,
+        decoder_channels: Sequence[int] = UNET_DECODER_CHANNELS,
+        dropout_p: float = KN_DROPOUT_P,
     ) -> None:
-        decoder = UNetDecoder(encoder.out_channels, decoder_channels, norm=norm, dropout_p=dropout_p)
+        decoder = UNetDecoder(
+            encoder.out_channels, decoder_channels=decoder_channels, norm=norm, dropout_p=dropout_p
+        )
         head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=3, padding=1)
-        super().__init__(encoder, decoder, head, size_divisor=2 ** (len(encoder.out_channels) - 1))
+        super().__init__(encoder, decoder, head)
