@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -28,7 +26,6 @@ from segkn.engine.acceleration import (
     eager_unless,
     logged_compile,
     prepare_model,
-    to_channels_last,
 )
 from segkn.engine.checkpoint import (
     CheckpointError,
@@ -51,6 +48,7 @@ from segkn.engine.run_state import (
     warn_config_changes,
 )
 from segkn.engine.schedules import build_optimizer, build_scheduler
+from segkn.engine.step import NonFiniteLoss, train_step
 from segkn.models import build_model
 
 __all__ = ["Trainer", "TrainingDiverged", "train", "train_step"]
@@ -60,55 +58,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
-
-
-class _NonFiniteLoss(Exception):
-    def __init__(self, value: float) -> None:
-        self.value = value
-
-
-def train_step(
-    model: nn.Module,
-    batches: Iterator[Any],
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    accumulate: int = 1,
-    grad_clip: float | None = None,
-    amp: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> float:
-    """One optimizer step over ``accumulate`` micro-batches from ``batches``; returns their mean loss.
-
-    The loss is checked on every process before its backward pass, so a NaN or infinite loss anywhere
-    stops all processes before any weight changes (raises _NonFiniteLoss). With ``channels_last`` the
-    images are handed to the model in that memory format.
-    """
-    device = next(model.parameters()).device
-    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    optimizer.zero_grad(set_to_none=True)
-    total = 0.0
-    for micro in range(accumulate):
-        images, masks = next(batches)
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        if channels_last:
-            images = to_channels_last(images)
-        # DDP all-reduces gradients on the last micro-batch's backward only
-        sync = model.no_sync() if ddp and micro < accumulate - 1 else contextlib.nullcontext()
-        with sync:
-            with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-                loss = criterion(model(images), masks)
-            value = loss.item()
-            if not distributed.all_true(math.isfinite(value), device):
-                raise _NonFiniteLoss(value)
-            scaler.scale(loss / accumulate).backward()
-        total += value / accumulate
-    if grad_clip is not None:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return total
 
 
 def train(
@@ -296,7 +245,7 @@ class Trainer:
                     self.model, self._batches, self.criterion, self.optimizer, self.scaler, t.accumulate,
                     t.grad_clip, self.amp, t.channels_last,
                 )  # fmt: skip
-        except _NonFiniteLoss as err:
+        except NonFiniteLoss as err:
             saved = self.saved_iteration
             where = f"{self.last_path} (iteration {saved})" if saved else "none was written yet"
             raise TrainingDiverged(
