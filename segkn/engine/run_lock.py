@@ -84,10 +84,10 @@ def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
     """Hold ``run_dir`` (created if needed) for the block; remove the stale temp files of its checkpoints.
 
     Raises RunDirectoryBusy, naming the holder's pid, when another process (or this one) holds it. On
-    leaving, the lock file is removed, and so is ``run_dir`` if this call created it and it stayed empty.
+    leaving, the lock file is removed, and so are the folders this call created if they stayed empty.
     """
     run_dir = Path(run_dir)
-    created = not run_dir.exists()
+    created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
     run_dir.mkdir(parents=True, exist_ok=True)
     key = run_dir.resolve()
     if key in _HELD:
@@ -110,8 +110,8 @@ def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
         if fd is not None:
             path.unlink(missing_ok=True)  # while still locked: see _acquire
             os.close(fd)
-        if created:
+        for folder in created:  # a run that failed before writing anything leaves no folders
             try:
-                run_dir.rmdir()  # only if empty: a run that failed before writing anything
+                folder.rmdir()  # only if empty
             except OSError:
-                pass
+                break

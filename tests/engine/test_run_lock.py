@@ -18,8 +18,8 @@ def test_the_lock_is_held_for_the_block_and_leaves_nothing(tmp_path):
         with pytest.raises(RunDirectoryBusy, match=rf"{run} is in use by another training process \(pid"):
             with lock_run_dir(run):
                 pass
-    assert not run.exists()  # created for the run, left empty: removed
-    run.mkdir()
+    assert not (tmp_path / "runs").exists()  # created for the run, left empty: removed
+    run.mkdir(parents=True)
     with lock_run_dir(run):
         (run / "last.pth").write_bytes(b"x")
     assert [p.name for p in run.iterdir()] == ["last.pth"]
