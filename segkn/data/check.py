@@ -68,7 +68,8 @@ def check_files(
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         checks = pool.map(lambda i: _check_sample(dataset, i), indices)
-        bar = tqdm(checks, total=len(indices), desc="check", leave=False, disable=not progress)
+        # shown only when the check takes a while: a quick one leaves no trace on the terminal
+        bar = tqdm(checks, total=len(indices), desc="check", leave=False, delay=1, disable=not progress)
         problems = [problem for problem in bar if problem]
     what = name or "the dataset"
     if problems:
