@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+__all__ = ["atomic_open", "temp_files"]
+
+# the temp file of ``<name>`` is ``.<name>.<8 hex digits>.tmp`` beside it
+_TEMP = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def temp_files(folder: str | Path, names: Iterable[str]) -> list[Path]:
+    """The temp files of `atomic_open` writes to ``folder/<name>`` for ``names`` (``.last.pth.1a2b3c4d.tmp``).
+
+    A writer removes its temp file when it finishes or fails; one that is left was abandoned by a process
+    that was killed while writing (or belongs to a write in progress).
+    """
+    folder, wanted = Path(folder), set(names)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _TEMP.fullmatch(path.name)
+        if match and match["name"] in wanted and path.is_file():
+            found.append(path)
+    return sorted(found)
 
 
 @contextmanager
@@ -21,7 +48,7 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = _temp_path(path)
     try:
         with open(tmp, mode.replace("w", "x"), **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f

@@ -1,6 +1,8 @@
+from pathlib import Path
+
 import pytest
 
-from segkn.atomic import atomic_open
+from segkn.atomic import atomic_open, temp_files
 
 
 def test_replaces_the_file_whole(tmp_path):
@@ -28,3 +30,25 @@ def test_refuses_append_mode(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with atomic_open(tmp_path / "x", "a"):
             pass
+
+
+def test_temp_files_lists_the_temps_of_the_named_files_only(tmp_path):
+    path = tmp_path / "last.pth"
+    with pytest.raises(RuntimeError):
+        with atomic_open(path, "wb") as f:
+            (temp,) = temp_files(tmp_path, ["last.pth"])  # the write in progress
+            assert Path(f.name) == temp and temp.name.startswith(".last.pth.") and temp.suffix == ".tmp"
+            raise RuntimeError("stop")
+    assert temp_files(tmp_path, ["last.pth"]) == []
+    for name in (
+        ".last.pth.0123abcd.tmp",
+        ".best.pth.89abcdef.tmp",
+        ".notes.txt.0123abcd.tmp",
+        ".last.pth.x.tmp",
+    ):
+        (tmp_path / name).write_bytes(b"half")
+    assert [p.name for p in temp_files(tmp_path, ["last.pth", "best.pth"])] == [
+        ".best.pth.89abcdef.tmp",
+        ".last.pth.0123abcd.tmp",
+    ]
+    assert temp_files(tmp_path / "missing", ["last.pth"]) == []

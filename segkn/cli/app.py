@@ -58,6 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C: 130; a SIGTERM that stopped training (after saving): 143
+        print(str(exc) or "interrupted", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)

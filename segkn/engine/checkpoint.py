@@ -83,8 +83,18 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
     if missing or data["format"] != FORMAT:
         raise ValueError(f"checkpoint payload for {path} lacks {missing} or has format {data['format']!r}")
     _check_plain(data, "checkpoint")
-    with atomic_open(path, "wb") as f:
-        torch.save(data, f)
+    with atomic_open(path, "wb") as f:  # on any failure the temp file goes and ``path`` stays as it was
+        try:
+            torch.save(data, f)
+        except RuntimeError as err:
+            # torch.save reports what interrupted a write to a file object (Ctrl-C, a full disk) as its own
+            # "unexpected pos" error: raise what happened instead
+            context = err.__context__
+            if isinstance(context, OSError) or (
+                isinstance(context, BaseException) and not isinstance(context, Exception)
+            ):
+                raise context from None
+            raise
 
 
 def first_line(err: BaseException) -> str:

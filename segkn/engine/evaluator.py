@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,24 @@ from segkn.engine import distributed
 from segkn.engine.acceleration import compile_enabled, logged_compile, prepare_model, to_channels_last
 from segkn.engine.checkpoint import CheckpointError, model_from_checkpoint
 from segkn.engine.device import amp_dtype, resolve_device
-from segkn.engine.loaders import build_eval_loader, build_split
+from segkn.engine.loaders import build_eval_loader, build_split, worker_errors_unwrapped
 from segkn.engine.metrics import ConfusionMatrix
 from segkn.models.prediction import predict, same_size_batches
 
-__all__ = ["evaluate", "evaluate_checkpoint", "metrics_report", "prediction_settings", "write_report"]
+__all__ = [
+    "EvaluationStopped",
+    "evaluate",
+    "evaluate_checkpoint",
+    "metrics_report",
+    "prediction_settings",
+    "write_report",
+]
 
 log = logging.getLogger(__name__)
+
+
+class EvaluationStopped(Exception):
+    """`evaluate` was asked to stop (its ``stop`` returned True) before the end of the data."""
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -78,6 +89,7 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
     channels_last: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> ConfusionMatrix:
     """Confusion matrix of ``model`` on ``data``, summed over all processes, scored at the masks' size.
 
@@ -85,7 +97,9 @@ def evaluate(
     sample), so the all-reduced matrix equals a single process's; a DataLoader is used as given.
     ``mode``, ``crop_size``, ``stride``, ``scales`` and ``flip`` are `predict`'s (`prediction_settings`
     reads them from a config). ``model`` runs without its DDP wrapper (compiled, if it was compiled in
-    place); with ``channels_last`` the images are handed to it in that memory format.
+    place); with ``channels_last`` the images are handed to it in that memory format. ``stop`` is asked
+    after each batch and ends the evaluation with EvaluationStopped when it returns True (one process
+    only: the processes of a group must all reach the final all-reduce).
     """
     device = torch.device(device)
     if isinstance(data, DataLoader):
@@ -102,17 +116,20 @@ def evaluate(
         loader, desc="eval", leave=False, dynamic_ncols=True, disable=not (progress and distributed.is_main())
     )
     try:
-        for batch in bar:
-            for images, masks in _groups(_pairs(batch)):
-                images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-                if channels_last:
-                    images = to_channels_last(images)
-                size = "x".join(str(n) for n in images.shape)
-                with _autocast(device, amp_dtype), logged_compile(f"evaluating a {size} batch"):
-                    probs = predict(
-                        net, images, mode, crop_size, stride, scales, flip, out_size=masks.shape[-2:]
-                    )
-                cm.update(probs.argmax(1), masks)
+        with worker_errors_unwrapped():
+            for batch in bar:
+                for images, masks in _groups(_pairs(batch)):
+                    images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+                    if channels_last:
+                        images = to_channels_last(images)
+                    size = "x".join(str(n) for n in images.shape)
+                    with _autocast(device, amp_dtype), logged_compile(f"evaluating a {size} batch"):
+                        probs = predict(
+                            net, images, mode, crop_size, stride, scales, flip, out_size=masks.shape[-2:]
+                        )
+                    cm.update(probs.argmax(1), masks)
+                if stop is not None and stop():
+                    raise EvaluationStopped
     finally:
         bar.close()
         net.train(was_training)

@@ -8,7 +8,9 @@ batches a run sees therefore depend neither on ``num_workers`` nor on when the r
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,7 @@ __all__ = [
     "build_train_loader",
     "list_collate",
     "train_batches",
+    "worker_errors_unwrapped",
 ]
 
 
@@ -145,7 +148,8 @@ def train_batches(loader: DataLoader, consumed: int = 0) -> Iterator[Any]:
     while True:
         sampler.set_epoch(epoch, start=skip * loader.batch_size)
         loader.generator.manual_seed(_derived_seed(sampler.seed, _WORKERS, epoch))  # type: ignore[union-attr]
-        yield from loader
+        with worker_errors_unwrapped():
+            yield from loader
         epoch, skip = epoch + 1, 0
 
 
@@ -180,3 +184,43 @@ def build_eval_loader(
         worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(0),
     )
+
+
+# torch re-raises an error of a loader worker as "Caught <Type> in DataLoader worker process <n>.\nOriginal
+# Traceback (most recent call last): ..." with the worker's whole traceback as the message
+_WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def _original_error(err: Exception) -> Exception | None:
+    """The error a loader worker raised, rebuilt from torch's wrapped one: None if ``err`` is not such."""
+    text = str(err)
+    if not _WORKER_ERROR.match(text):
+        return None
+    kind = type(err)
+    # the traceback text ends with "<module>.<Type>: <message>" ("<Type>: ..." for builtins)
+    for name in (f"{kind.__module__}.{kind.__qualname__}", kind.__qualname__):
+        at = text.rfind(f"\n{name}: ")
+        if at >= 0:
+            message = text[at + len(name) + 3 :].rstrip()
+            break
+    else:
+        return None
+    try:
+        return kind(message)
+    except Exception:
+        return None
+
+
+@contextmanager
+def worker_errors_unwrapped() -> Iterator[None]:
+    """Re-raise an error from a DataLoader worker as the worker raised it: its type and message only.
+
+    With ``num_workers > 0`` a bad data file then gives the same one-line error as without workers.
+    """
+    try:
+        yield
+    except Exception as err:
+        original = _original_error(err)
+        if original is None:
+            raise
+        raise original from None

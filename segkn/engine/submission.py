@@ -3,11 +3,16 @@
 ``csEvalPixelLevelSemanticLabeling`` finds the prediction for ``<city>_<seq>_<frame>_gtFine_labelIds.png``
 by the pattern ``*<city>_<seq>_<frame>*.png`` in its results folder; segkn writes
 ``<city>_<seq>_<frame>_leftImg8bit.png`` with Cityscapes label ids (not train ids) as 8-bit grey.
+The files are written into a temporary folder beside the results folder and moved into it once every
+image is done, so a run that stops (a bad image, Ctrl-C) leaves no partial submission.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,28 +44,50 @@ def export_cityscapes_submission(
     progress: bool = True,
     channels_last: bool = False,
 ) -> list[Path]:
-    """Predict every image of ``dataset`` (eval transform) and write its labelIds PNG into ``out_dir``."""
+    """Predict every image of ``dataset`` (eval transform) and write its labelIds PNG into ``out_dir``.
+
+    The PNGs appear in ``out_dir`` only when all of them are written (files of the same names there are
+    replaced, others kept); returns their paths.
+    """
     if not isinstance(dataset, CityscapesDataset):
         raise ValueError("a Cityscapes submission needs data.type: cityscapes")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(
+            f"{out_dir} is a file: --cityscapes-submission takes a folder to write the PNGs into"
+        )
+    staging = out_dir.with_name(f".{out_dir.name}.{secrets.token_hex(4)}.tmp")
+    staging.mkdir(parents=True)
     model.eval()
-    written = []
-    for i in tqdm(range(len(dataset)), desc="submission", disable=not progress):
-        image, _ = dataset[i]
-        sample = dataset.samples[i]
-        height, width = cv2.imread(str(sample.image), cv2.IMREAD_UNCHANGED).shape[:2]
-        x = image.unsqueeze(0).to(device)
-        probs = predict(
-            model, to_channels_last(x) if channels_last else x, mode, crop_size, stride, scales, flip,
-            (height, width),
-        )  # fmt: skip
-        train_ids = probs.argmax(1)[0].cpu().numpy()
-        name = Path(sample.image).name  # <city>_<seq>_<frame>_leftImg8bit.png
-        path = out_dir / name
-        write_png(path, train_ids_to_label_ids(train_ids))
-        written.append(path)
-    log.info("wrote %d labelIds PNGs to %s", len(written), out_dir)
-    return written
+    names = []
+    try:
+        for i in tqdm(range(len(dataset)), desc="submission", disable=not progress):
+            image, _ = dataset[i]
+            sample = dataset.samples[i]
+            height, width = cv2.imread(str(sample.image), cv2.IMREAD_UNCHANGED).shape[:2]
+            x = image.unsqueeze(0).to(device)
+            probs = predict(
+                model, to_channels_last(x) if channels_last else x, mode, crop_size, stride, scales, flip,
+                (height, width),
+            )  # fmt: skip
+            train_ids = probs.argmax(1)[0].cpu().numpy()
+            name = Path(sample.image).name  # <city>_<seq>_<frame>_leftImg8bit.png
+            write_png(staging / name, train_ids_to_label_ids(train_ids))
+            names.append(name)
+        _move_into(staging, out_dir, names)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote %d labelIds PNGs to %s", len(names), out_dir)
+    return [out_dir / name for name in names]
+
+
+def _move_into(staging: Path, out_dir: Path, names: Sequence[str]) -> None:
+    """Move the finished files from ``staging`` into ``out_dir``: the folder itself if there is none yet."""
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    for name in names:
+        os.replace(staging / name, out_dir / name)
 
 
 def submission_from_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir: str | Path) -> list[Path]:

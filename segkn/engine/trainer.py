@@ -1,14 +1,19 @@
 """Training: an iteration-based loop with validation, checkpoints, exact resume, DDP, AMP and accumulation.
 
-`train` sets up the process group and hands over to a `Trainer`, whose methods are the run's steps in
-order: set up (data, model, optimizer, schedule, loss), `resume`, then `run`: `step`, `validate`, `save`.
+`train` sets up the process group, locks the run directory and hands over to a `Trainer`, whose methods
+are the run's steps in order: set up (data, model, optimizer, schedule, loss), `resume`, then `run`:
+`step`, `save`, `validate`.
+
+A run loses as little as it can: last.pth is written before the validation of the same iteration; a
+failing validation, or a data error in training, first saves the steps made since the last save (one
+process); SIGTERM saves and ends the run (`TrainingTerminated`); Ctrl-C ends it at once, leaving last.pth
+as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -16,19 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from segkn.config import Config, ConfigError, save_config
 from segkn.data import DatasetError
+from segkn.data.check import check_files
 from segkn.engine import distributed
 from segkn.engine.acceleration import (
     compile_enabled,
     eager_unless,
     logged_compile,
     prepare_model,
-    to_channels_last,
 )
 from segkn.engine.checkpoint import (
     CheckpointError,
@@ -39,9 +43,10 @@ from segkn.engine.checkpoint import (
     save_checkpoint,
 )
 from segkn.engine.device import amp_dtype, resolve_device
-from segkn.engine.evaluator import evaluate, metrics_report, prediction_settings
+from segkn.engine.evaluator import EvaluationStopped, evaluate, metrics_report, prediction_settings
 from segkn.engine.loaders import build_split, build_train_loader, train_batches
 from segkn.engine.losses import SegmentationLoss
+from segkn.engine.run_lock import lock_run_dir
 from segkn.engine.run_log import RunLog
 from segkn.engine.run_state import (
     restore_rng,
@@ -51,64 +56,17 @@ from segkn.engine.run_state import (
     warn_config_changes,
 )
 from segkn.engine.schedules import build_optimizer, build_scheduler
+from segkn.engine.signals import StopRequest, TrainingTerminated, sigterm_requests
+from segkn.engine.step import NonFiniteLoss, train_step
 from segkn.models import build_model
 
-__all__ = ["Trainer", "TrainingDiverged", "train", "train_step"]
+__all__ = ["Trainer", "TrainingDiverged", "TrainingTerminated", "train", "train_step"]
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
-
-
-class _NonFiniteLoss(Exception):
-    def __init__(self, value: float) -> None:
-        self.value = value
-
-
-def train_step(
-    model: nn.Module,
-    batches: Iterator[Any],
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    accumulate: int = 1,
-    grad_clip: float | None = None,
-    amp: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> float:
-    """One optimizer step over ``accumulate`` micro-batches from ``batches``; returns their mean loss.
-
-    The loss is checked on every process before its backward pass, so a NaN or infinite loss anywhere
-    stops all processes before any weight changes (raises _NonFiniteLoss). With ``channels_last`` the
-    images are handed to the model in that memory format.
-    """
-    device = next(model.parameters()).device
-    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    optimizer.zero_grad(set_to_none=True)
-    total = 0.0
-    for micro in range(accumulate):
-        images, masks = next(batches)
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        if channels_last:
-            images = to_channels_last(images)
-        # DDP all-reduces gradients on the last micro-batch's backward only
-        sync = model.no_sync() if ddp and micro < accumulate - 1 else contextlib.nullcontext()
-        with sync:
-            with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-                loss = criterion(model(images), masks)
-            value = loss.item()
-            if not distributed.all_true(math.isfinite(value), device):
-                raise _NonFiniteLoss(value)
-            scaler.scale(loss / accumulate).backward()
-        total += value / accumulate
-    if grad_clip is not None:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return total
 
 
 def train(
@@ -124,12 +82,15 @@ def train(
     random state and data position), ending with the weights an uninterrupted run would have.
     ``init`` starts the weights from a checkpoint only. ``stop_at`` ends (with a checkpoint) after
     that many iterations without changing the schedule, which is fixed by ``train.iterations``.
-    Under torchrun each process calls this; the process group is set up and torn down here.
+    Under torchrun each process calls this; the process group is set up and torn down here. The main
+    process holds the run directory's lock (`lock_run_dir`) for the whole run: RunDirectoryBusy if another
+    process trains there.
     """
     with distributed.process_group(cfg.train.device) as info:
         run_path = Path(run_dir) if run_dir else cfg.run_path
-        trainer = Trainer(cfg, run_path, resume=resume, init=init, local_rank=info.local_rank)
-        return trainer.run(stop_at)
+        with lock_run_dir(run_path) if distributed.is_main() else contextlib.nullcontext():
+            trainer = Trainer(cfg, run_path, resume=resume, init=init, local_rank=info.local_rank)
+            return trainer.run(stop_at)
 
 
 @dataclass
@@ -173,6 +134,7 @@ class Trainer:
         self.run_log: RunLog | None = None
         self._batches: Iterator[Any] | None = None
         self._resumed_rng: Mapping[str, Any] | None = None  # random state to restore when the loop starts
+        self._sigterm = StopRequest()
         if resume:
             self.resume()
 
@@ -192,6 +154,9 @@ class Trainer:
         world = distributed.world_size()
         self.train_set = build_split(cfg, cfg.data.train_split, train=True)
         self.val_set = build_split(cfg, cfg.data.val_split, train=False)
+        # a bad validation file would stop the run at its first validation: find it now
+        shard = range(distributed.rank(), len(self.val_set), world)
+        check_files(self.val_set, shard, f"split {cfg.data.val_split!r}", progress=distributed.is_main())
         self.classes, self.palette = self.train_set.classes, self.train_set.palette
         if len(self.train_set) // world < cfg.train.batch_size:
             raise DatasetError(
@@ -254,6 +219,7 @@ class Trainer:
         with contextlib.ExitStack() as stack:
             self.run_log = stack.enter_context(RunLog(self.run_dir, self.saved_iteration)) if main else None
             stack.enter_context(logging_redirect_tqdm())
+            self._sigterm = stack.enter_context(sigterm_requests())
             bar = stack.enter_context(
                 tqdm(
                     total=t.iterations,
@@ -270,18 +236,26 @@ class Trainer:
             self.model.train()
             while self.iteration < end:
                 lr = self.optimizer.param_groups[0]["lr"]
-                loss = self.step()
+                try:
+                    loss = self.step()
+                except DatasetError as err:  # from the loader: the step had changed nothing yet
+                    where = self._save_after_failure(f"training at iteration {self.iteration + 1}")
+                    raise DatasetError(f"{err} [{where}]") from None
                 window.loss, window.steps = window.loss + loss, window.steps + 1
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
                 bar.update()
                 if self.iteration % t.log_interval == 0 or self.iteration == end:
                     self._log_training(window, lr)
                     window = _Window()
-                if self.iteration % t.val_interval == 0 or self.iteration == t.iterations:
-                    self.validate()
-                    window.start = time.perf_counter()
                 if self.iteration % t.checkpoint_interval == 0 or self.iteration == end:
-                    self.save()
+                    self.save()  # before validating: a validation that fails loses nothing
+                if self.iteration % t.val_interval == 0 or self.iteration == t.iterations:
+                    self._validate_and_record_best()
+                    window.start = time.perf_counter()
+                if self.iteration < end and not distributed.all_true(
+                    not self._sigterm.requested, self.device
+                ):
+                    self._terminate()
         distributed.barrier()
         log.info("finished at iteration %d of %d; best val mIoU %s", self.iteration, t.iterations, self.best)
         return {"run_dir": str(self.run_dir), "step": self.iteration, "best": self.best}
@@ -296,7 +270,7 @@ class Trainer:
                     self.model, self._batches, self.criterion, self.optimizer, self.scaler, t.accumulate,
                     t.grad_clip, self.amp, t.channels_last,
                 )  # fmt: skip
-        except _NonFiniteLoss as err:
+        except NonFiniteLoss as err:
             saved = self.saved_iteration
             where = f"{self.last_path} (iteration {saved})" if saved else "none was written yet"
             raise TrainingDiverged(
@@ -320,14 +294,58 @@ class Trainer:
             "iteration %d/%d  loss %.4f  lr %.3g  %.1f img/s", self.iteration, t.iterations, loss, lr, speed
         )
 
+    def _validate_and_record_best(self) -> None:
+        """`validate`; a last.pth of this iteration is written again if the best score changed.
+
+        A failure saves last.pth first (`_save_after_failure`); a data error's one-line message says so,
+        other errors are logged with it. A validation that SIGTERM stops is left out.
+        """
+        best, saved_now = self.best, self.saved_iteration == self.iteration
+        try:
+            self.validate()
+        except EvaluationStopped:
+            return
+        except DatasetError as err:
+            where = self._save_after_failure(f"validation at iteration {self.iteration}")
+            raise DatasetError(f"{err} [{where}]") from None
+        except Exception:
+            log.error("%s", self._save_after_failure(f"validation at iteration {self.iteration}"))
+            raise
+        if saved_now and self.best != best:
+            self.save()
+
+    def _save_after_failure(self, during: str) -> str:
+        """Save the steps made since the last save (one process; a group cannot save alone); what was kept."""
+        if distributed.world_size() == 1 and self.iteration != (self.saved_iteration or 0):
+            self.save()  # the state of the last finished step
+        if self.saved_iteration is None:
+            return f"{during} stopped the run; no checkpoint was written yet"
+        return (
+            f"{during} stopped the run; {self.last_path} holds iteration {self.saved_iteration}: "
+            f"continue with segkn train --resume {self.run_dir}"
+        )
+
+    def _terminate(self) -> None:
+        """End the run after a SIGTERM: save last.pth if a step finished since the last save, then raise."""
+        if self.saved_iteration != self.iteration:
+            self.save()
+        raise TrainingTerminated(
+            f"terminated (SIGTERM) at iteration {self.iteration} of {self.cfg.train.iterations}; "
+            f"{self.last_path} holds it: continue with segkn train --resume {self.run_dir}"
+        )
+
     def validate(self) -> dict[str, Any]:
-        """Score the validation split, keep best.pth if the mIoU improved, record the scores."""
+        """Score the validation split, keep best.pth if the mIoU improved, record the scores.
+
+        In a one-process run a SIGTERM stops it after the current batch (EvaluationStopped).
+        """
         cfg = self.cfg
+        stop = (lambda: self._sigterm.requested) if distributed.world_size() == 1 else None
         with self._stance(self.compile_eval):  # the model's format is the training's: train.channels_last
             cm = evaluate(
                 self.model, self.val_set, len(self.classes), self.device, **prediction_settings(cfg),
                 batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, amp_dtype=self.amp,
-                channels_last=cfg.train.channels_last,
+                channels_last=cfg.train.channels_last, stop=stop,
             )  # fmt: skip
         log.info("validation at iteration %d:\n%s", self.iteration, cm.table(self.classes))
         report = metrics_report(cm, self.classes, step=self.iteration, split=cfg.data.val_split)

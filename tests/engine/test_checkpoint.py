@@ -80,6 +80,38 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     assert load_checkpoint(path)["step"] == 1
 
 
+class _FailingFile:
+    """A file whose third write raises ``error`` (Ctrl-C arriving in the middle of a write, a full disk)."""
+
+    def __init__(self, f, error):
+        self.f, self.error, self.writes = f, error, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 3:
+            raise self.error
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), OSError(28, "No space left on device")])
+def test_what_interrupts_a_write_is_raised_as_it_is(tmp_path, monkeypatch, error):
+    # torch.save reports it as "RuntimeError: [enforce fail at inline_container.cc] unexpected pos"
+    path = tmp_path / "last.pth"
+    save_checkpoint(path, make_payload(step=1))
+    save = torch.save
+    monkeypatch.setattr(
+        torch, "save", lambda obj, f, *args, **kw: save(obj, _FailingFile(f, error), *args, **kw)
+    )
+    with pytest.raises(type(error)) as raised:
+        save_checkpoint(path, make_payload(step=2))
+    assert raised.value is error
+    monkeypatch.undo()
+    assert only_files(tmp_path) == ["last.pth"] and load_checkpoint(path)["step"] == 1
+
+
 def test_missing_and_truncated_files(tmp_path):
     with pytest.raises(CheckpointError, match="nope.pth: checkpoint file not found"):
         load_checkpoint(tmp_path / "nope.pth")
