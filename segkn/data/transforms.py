@@ -33,6 +33,7 @@ from albumentations.augmentations.crops.transforms import BaseCrop
 
 from segkn.data.base import IGNORE_INDEX
 from segkn.data.errors import DatasetError
+from segkn.nn.geometry import to_pair
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -159,15 +160,13 @@ class SegTransform:
 
 
 def _pair(value: Any, key: str) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value, value
-    if (
-        isinstance(value, Sequence)
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-    ):
-        return int(value[0]), int(value[1])
-    raise DatasetError(f"{key}: expected a positive int or [height, width], got {value!r}")
+    """A positive size from the config as (height, width); DatasetError naming ``key`` otherwise."""
+    if isinstance(value, Sequence) and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        value = None  # 2.5 or "8" is not a size
+    try:
+        return to_pair(value, key, positive=True)
+    except ValueError:
+        raise DatasetError(f"{key}: expected a positive int or [height, width], got {value!r}") from None
 
 
 def _photometric(value: Any) -> A.ColorJitter | None:

@@ -25,7 +25,6 @@ from segkn.inference.metadata import (
     checkpoint_sample_size,
     encode_metadata,
     model_config,
-    size_pair,
 )
 from segkn.inference.runtime import OnnxError
 from segkn.inference.verify import (
@@ -41,6 +40,7 @@ from segkn.inference.verify import (
     verify_checkpoint,
     verify_onnx,
 )
+from segkn.nn.geometry import to_pair
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -125,7 +125,7 @@ def export_onnx(
     if not isinstance(opset, int) or opset < MIN_OPSET:
         raise ValueError(f"opset {opset!r} is too old: segkn ONNX exports need opset >= {MIN_OPSET}")
     path = Path(path)
-    h, w = size_pair(sample_size)
+    h, w = to_pair(sample_size, "sample_size", positive=True)
     dtype = torch.float16 if fp16 else torch.float32
     meta = build_metadata(model, metadata, dtype="float16" if fp16 else "float32")
     cfg = model_config(model)
@@ -187,7 +187,11 @@ def export_checkpoint(
     checkpoint = Path(checkpoint)
     model, ckpt = model_from_checkpoint(checkpoint)
     sha256 = file_sha256(checkpoint)
-    size = size_pair(sample_size) if sample_size is not None else checkpoint_sample_size(ckpt)
+    size = (
+        to_pair(sample_size, "sample_size", positive=True)
+        if sample_size is not None
+        else checkpoint_sample_size(ckpt)
+    )
     path = export_onnx(
         model, out, sample_size=size, opset=opset, fp16=fp16, metadata=checkpoint_metadata(ckpt, sha256)
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -11,6 +11,7 @@ from torch import nn
 
 from segkn.data.registry import dataset_label_ids
 from segkn.inference.runtime import FORMAT, FORMAT_VERSION, JSON_KEYS, METADATA_KEYS, PREFIX
+from segkn.nn.geometry import to_pair
 from segkn.version import package_version
 
 __all__ = [
@@ -20,16 +21,7 @@ __all__ = [
     "encode_metadata",
     "model_config",
     "normalize_metadata",
-    "size_pair",
 ]
-
-
-def size_pair(size: int | Sequence[int], name: str = "sample_size") -> tuple[int, int]:
-    """``(height, width)`` of a size given as one int (a square) or a pair; ValueError naming ``name``."""
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    if h < 1 or w < 1:
-        raise ValueError(f"{name}: expected positive (height, width), got {size!r}")
-    return h, w
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:
@@ -151,4 +143,4 @@ def checkpoint_metadata(ckpt: Mapping[str, Any], sha256: str) -> dict[str, Any]:
 def checkpoint_sample_size(ckpt: Mapping[str, Any]) -> tuple[int, int]:
     """The export sample size of a checkpoint: its ``data.crop_size`` (512 x 512 without one)."""
     crop = ((ckpt.get("config") or {}).get("data") or {}).get("crop_size") or (512, 512)
-    return size_pair(crop)
+    return to_pair(crop, "sample_size", positive=True)

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from segkn.engine.checkpoint import CheckpointError, file_sha256
-from segkn.inference.metadata import checkpoint_sample_size, normalize_metadata, size_pair
+from segkn.inference.metadata import checkpoint_sample_size, normalize_metadata
 from segkn.inference.runtime import OnnxError, OnnxModel, read_metadata
+from segkn.nn.geometry import to_pair
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -92,7 +93,7 @@ def verification_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 def default_verify_sizes(sample_size: int | Sequence[int], size_divisor: int) -> list[tuple[int, int]]:
     """Three sizes (H, W): the export sample size; about 3/4 of it with odd sides that are multiples
     of neither 32 nor ``size_divisor``; and one larger than the sample in both sides (also odd)."""
-    h, w = size_pair(sample_size)
+    h, w = to_pair(sample_size, "sample_size", positive=True)
 
     def off_grid(n: int) -> int:
         n = max(n, 1) | 1  # odd: off every power-of-two grid
@@ -214,7 +215,7 @@ def verify_onnx(
         model = copy.deepcopy(model).float()
     with eval_mode(model), torch.no_grad():
         for size in sizes:
-            size = size_pair(size, "verification size")
+            size = to_pair(size, "verification size", positive=True)
             log.info("verifying %s at %dx%d (batch %d)", onnx_path, *size, batch)
             x = _test_batch(size, batch, norm)
             expected = model(x.to(device)).float().cpu()

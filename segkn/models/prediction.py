@@ -14,13 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segkn.nn.geometry import to_pair
+
 __all__ = ["predict", "predict_logits", "same_size_batches", "slide_logits"]
 
 T = TypeVar("T")
-
-
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 def slide_logits(
@@ -36,7 +34,7 @@ def slide_logits(
     image); where windows overlap their logits are averaged. A crop at least as large as the image is
     one window: the result equals a whole-image forward pass.
     """
-    (ch, cw), (sh, sw) = _pair(crop_size), _pair(stride)
+    (ch, cw), (sh, sw) = to_pair(crop_size, "crop_size", True), to_pair(stride, "stride", True)
     n, _, h, w = x.shape
     ch, cw = min(ch, h), min(cw, w)
     rows = math.ceil(max(h - ch, 0) / sh) + 1
@@ -71,7 +69,7 @@ def predict_logits(
         if crop_size is None:
             raise ValueError("slide inference needs crop_size")
         if stride is None:
-            stride = [max(1, math.ceil(2 * c / 3)) for c in _pair(crop_size)]
+            stride = [max(1, math.ceil(2 * c / 3)) for c in to_pair(crop_size, "crop_size", True)]
         return slide_logits(model, x, crop_size, stride)
     raise ValueError(f"unknown inference mode {mode!r}: expected whole or slide")
 

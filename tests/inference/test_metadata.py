@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import segkn
-from segkn.inference.metadata import build_metadata, model_config, size_pair
+from segkn.inference.export import export_onnx
+from segkn.inference.metadata import build_metadata, model_config
 from segkn.models import build_model
 
 
@@ -29,9 +30,9 @@ def test_version_comes_from_the_package_metadata(unet) -> None:
     assert segkn.__version__ == installed
 
 
-def test_metadata_refuses_foreign_models_and_bad_sizes() -> None:
+def test_metadata_refuses_foreign_models_and_bad_sizes(unet, tmp_path) -> None:
     with pytest.raises(ValueError, match="not a segkn model"):
         model_config(torch.nn.Conv2d(3, 2, 1))
-    assert size_pair(5) == (5, 5) and size_pair([48, 64]) == (48, 64)
-    with pytest.raises(ValueError, match=r"crop: expected positive \(height, width\), got \(0, 4\)"):
-        size_pair((0, 4), "crop")
+    with pytest.raises(ValueError, match=r"sample_size: expected positive \(height, width\), got \(0, 4\)"):
+        export_onnx(unet, tmp_path / "unused.onnx", sample_size=(0, 4))
+    assert not (tmp_path / "unused.onnx").exists()

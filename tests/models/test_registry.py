@@ -46,8 +46,10 @@ def test_resolved_decoder_channels():
     assert cfg["decoder_channels"] == [256, 128, 64]
     with pytest.raises(ValueError, match="model.decoder_channels: deeplabv3 takes one integer"):
         factory.resolve_model_config({"arch": "deeplabv3", "decoder_channels": [8, 8], "num_classes": 2})
-    with pytest.raises(ValueError, match="model.decoder_channels: unet takes one value per encoder stage"):
+    with pytest.raises(ValueError, match="decoder_channels: unet takes a list, one value per encoder stage"):
         factory.resolve_model_config({"arch": "unet", "decoder_channels": 8, "num_classes": 2})
+    with pytest.raises(ValueError, match=r"unet needs one value per encoder stage \(5\)"):
+        factory.resolve_model_config({"arch": "unet", "decoder_channels": [8, 8], "num_classes": 2})
 
 
 @pytest.mark.parametrize("depth", [0, 6, "5"])
