@@ -9,13 +9,13 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml
 
 
 def test_configs_are_shipped():
-    assert len(CONFIGS) >= 31
+    assert len(CONFIGS) >= 37
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_shipped_config_loads_and_names_what_it_is(path):
     cfg = load_config(path)
-    if path.parent.name in ("cityscapes", "voc"):
+    if path.parent.name in ("ade20k", "cityscapes", "voc"):
         assert cfg.data.type == path.parent.name
         arch, encoder, norm = path.stem.split("_")[:3]
         assert (cfg.model.arch, cfg.model.encoder, cfg.model.norm) == (arch, encoder, norm)

@@ -1,5 +1,6 @@
-"""Datasets (Cityscapes, VOC, folder, synthetic shapes), their transforms and the dataset factory."""
+"""Datasets (ADE20K, Cityscapes, VOC, folder, synthetic shapes), their transforms and the dataset factory."""
 
+from segkn.data.ade20k import ADE20KDataset
 from segkn.data.base import IGNORE_INDEX, Sample, SegmentationDataset, default_palette
 from segkn.data.cityscapes import CityscapesDataset, label_ids_to_train_ids, train_ids_to_label_ids
 from segkn.data.errors import DatasetError
@@ -13,6 +14,7 @@ from segkn.data.voc import VOCDataset
 __all__ = [
     "DATASETS",
     "IGNORE_INDEX",
+    "ADE20KDataset",
     "CatMaxRatioCrop",
     "CityscapesDataset",
     "DatasetError",

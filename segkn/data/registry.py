@@ -6,8 +6,11 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from segkn.data.ade20k import LABEL_IDS as ADE20K_LABEL_IDS
+from segkn.data.ade20k import ADE20KDataset
 from segkn.data.base import SegmentationDataset, Transform
-from segkn.data.cityscapes import LABEL_IDS, CityscapesDataset
+from segkn.data.cityscapes import LABEL_IDS as CITYSCAPES_LABEL_IDS
+from segkn.data.cityscapes import CityscapesDataset
 from segkn.data.errors import DatasetError
 from segkn.data.folder import FolderDataset
 from segkn.data.shapes import ShapesDataset
@@ -42,6 +45,8 @@ DATASETS: dict[str, Callable[[Mapping[str, Any], str, Transform | None], Segment
     "cityscapes": lambda cfg, split, tf: CityscapesDataset(_root(cfg), split, transform=tf),
     # root (VOC2012, VOCdevkit or their parent); split may be trainaug
     "voc": lambda cfg, split, tf: VOCDataset(_root(cfg), split, transform=tf),
+    # root (ADEChallengeData2016 or its parent); split: training/validation (or train/val)
+    "ade20k": lambda cfg, split, tf: ADE20KDataset(_root(cfg), split, transform=tf),
     # root, classes_file, splits (bool, default true: images/<split>/; false: images/ for every split)
     "folder": lambda cfg, split, tf: FolderDataset(
         _root(cfg), split if cfg.get("splits", True) else None, cfg.get("classes_file"), transform=tf
@@ -88,6 +93,12 @@ def build_dataset(
     return dataset
 
 
+# type -> the dataset's own label id of each class index, for datasets whose stored ids differ.
+_LABEL_IDS: dict[str, tuple[int, ...]] = {"cityscapes": CITYSCAPES_LABEL_IDS, "ade20k": ADE20K_LABEL_IDS}
+
+
 def dataset_label_ids(data_type: str) -> list[int] | None:
-    """The dataset's own label id of each train id (Cityscapes labelIds), or None where they coincide."""
-    return list(LABEL_IDS) if data_type == "cityscapes" else None
+    """The dataset's own label id of each train id (Cityscapes labelIds, ADE20K's 1..150), or None where
+    they coincide."""
+    ids = _LABEL_IDS.get(data_type)
+    return None if ids is None else list(ids)

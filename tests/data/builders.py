@@ -13,7 +13,9 @@ from PIL import Image
 from segkn.data.base import default_palette
 
 __all__ = [
+    "ADE20K_LABELS",
     "CITYSCAPES_LABEL_IDS",
+    "make_ade20k_tree",
     "make_cityscapes_tree",
     "make_folder_tree",
     "make_voc_tree",
@@ -25,6 +27,9 @@ __all__ = [
 # Label ids written into the fake gtFine masks: some evaluated (7 road, 8 sidewalk, 26 car, 33 bicycle),
 # some ignored (0 unlabeled, 3 out of roi, 9 parking, 30 trailer).
 CITYSCAPES_LABEL_IDS = (0, 3, 7, 8, 9, 26, 30, 33)
+
+# Stored labels of the fake ADE20K annotations: 0 (other, ignored), the first, two middle and the last class.
+ADE20K_LABELS = (0, 1, 2, 13, 75, 150)
 
 
 def write_image(path: Path, image: np.ndarray) -> None:
@@ -164,3 +169,29 @@ def make_folder_tree(
                 root / "masks" / sub / f"{stem}.png", _random_labels(rng, size, [*range(len(classes)), 255])
             )
     return root
+
+
+def make_ade20k_tree(
+    root: str | Path,
+    splits: Mapping[str, int] | None = None,
+    size: tuple[int, int] = (24, 32),
+    seed: int = 0,
+) -> Path:
+    """Write ``root/ADEChallengeData2016``: ``images/<split>/*.jpg``, grey ``annotations/<split>/*.png``.
+
+    ``splits`` maps the release's split folders to image counts (default training: 3, validation: 2);
+    a ``testing`` split gets no annotations. Returns the ADEChallengeData2016 path.
+    """
+    splits = splits if splits is not None else {"training": 3, "validation": 2}
+    ade = Path(root) / "ADEChallengeData2016"
+    rng = np.random.default_rng(seed)
+    tags = {"training": "train", "validation": "val", "testing": "test"}
+    for split, count in splits.items():
+        for index in range(count):
+            stem = f"ADE_{tags.get(split, split)}_{index + 1:08d}"
+            write_image(ade / "images" / split / f"{stem}.jpg", _random_image(rng, size))
+            if split != "testing":
+                write_label_png(
+                    ade / "annotations" / split / f"{stem}.png", _random_labels(rng, size, ADE20K_LABELS)
+                )
+    return ade

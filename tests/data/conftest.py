@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.data.builders import make_cityscapes_tree, make_folder_tree, make_voc_tree
+from tests.data.builders import make_ade20k_tree, make_cityscapes_tree, make_folder_tree, make_voc_tree
 
 
 @pytest.fixture
@@ -23,3 +23,9 @@ def voc_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def folder_root(tmp_path: Path) -> Path:
     return make_folder_tree(tmp_path / "folder")
+
+
+@pytest.fixture
+def ade20k_root(tmp_path: Path) -> Path:
+    """The ADEChallengeData2016 folder (inside ``tmp_path/ade``)."""
+    return make_ade20k_tree(tmp_path / "ade")

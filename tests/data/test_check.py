@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segkn.data import CityscapesDataset, DatasetError, FolderDataset, ShapesDataset
+from segkn.data import ADE20KDataset, CityscapesDataset, DatasetError, FolderDataset, ShapesDataset
 from segkn.data.check import check_files
 from tests.data.builders import write_label_png
 
@@ -13,8 +13,13 @@ def _reads_every_sample(dataset) -> None:
         dataset[index]
 
 
-def test_good_datasets_pass(folder_root: Path, cityscapes_root: Path) -> None:
-    for dataset in (FolderDataset(folder_root, "val"), CityscapesDataset(cityscapes_root, "val")):
+def test_good_datasets_pass(folder_root: Path, cityscapes_root: Path, ade20k_root: Path) -> None:
+    datasets = (
+        FolderDataset(folder_root, "val"),
+        CityscapesDataset(cityscapes_root, "val"),
+        ADE20KDataset(ade20k_root, "val"),  # label 0 read as 255, 1..150 as 0..149
+    )
+    for dataset in datasets:
         check_files(dataset, progress=False)  # Cityscapes: labelIds mapped to train ids, the rest 255
         _reads_every_sample(dataset)
     check_files(ShapesDataset("val", size=32, length=3), progress=False)  # generated: no files

@@ -3,6 +3,7 @@ from pathlib import Path
 import torch
 
 from segkn.data import (
+    ADE20KDataset,
     CityscapesDataset,
     FolderDataset,
     SegmentationDataset,
@@ -14,8 +15,11 @@ from segkn.data import (
 from tests.data.builders import make_folder_tree
 
 
-def test_builds_each_type(cityscapes_root: Path, voc_root: Path, folder_root: Path) -> None:
+def test_builds_each_type(
+    cityscapes_root: Path, voc_root: Path, folder_root: Path, ade20k_root: Path
+) -> None:
     cases = [
+        ({"type": "ade20k", "root": str(ade20k_root.parent)}, ADE20KDataset, 3),
         ({"type": "cityscapes", "root": str(cityscapes_root)}, CityscapesDataset, 4),
         ({"type": "voc", "root": str(voc_root.parent.parent)}, VOCDataset, 3),
         ({"type": "folder", "root": str(folder_root)}, FolderDataset, 3),
