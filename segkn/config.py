@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +26,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "ModelConfig",
+    "PrivacyConfig",
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",
@@ -144,6 +145,22 @@ class EvalConfig(_Section):
 
 
 @dataclass
+class PrivacyConfig(_Section):
+    """Differentially private training (DP-SGD): per-sample clipping, Gaussian noise, accounting; see
+    docs/privacy.md. Exactly one of noise_multiplier and target_epsilon is set when enabled."""
+
+    enabled: bool = False
+    noise_multiplier: float | None = limited(None, gt=0.0)  # noise std / max_grad_norm
+    # null, or the epsilon to reach at train.iterations: the noise multiplier is computed for it
+    target_epsilon: float | None = limited(None, gt=0.0)
+    delta: float = limited(1e-5, gt=0.0, lt=1.0)
+    max_grad_norm: float = limited(1.0, gt=0.0)  # each sample's gradient is clipped to this L2 norm
+    accountant: Literal["rdp", "prv"] = "rdp"
+    poisson_sampling: bool = True  # each sample joins a step with probability batch / dataset size
+    max_epsilon: float | None = limited(None, gt=0.0)  # stop before the spent epsilon would exceed it
+
+
+@dataclass
 class Config(_Section):
     """A whole run; the run directory is `run_dir/name`."""
 
@@ -151,6 +168,7 @@ class Config(_Section):
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     run_dir: str = "runs"
     name: str | None = None  # null: the config file's stem, else arch_encoder_norm_dataset (resolved)
     seed: int = 0
@@ -248,6 +266,23 @@ def _check_consistency(cfg: Config, source: str) -> None:
     if ev.crop_size is not None and ev.stride is not None:
         if any(s > c for s, c in zip(ev.stride, ev.crop_size, strict=True)):
             fail("eval.stride", f"{ev.stride} exceeds eval.crop_size {ev.crop_size}: windows skip pixels")
+    if cfg.privacy.enabled:
+        _check_privacy(cfg, fail)
+
+
+def _check_privacy(cfg: Config, fail: Callable[[str, str], None]) -> None:
+    p, t = cfg.privacy, cfg.train
+    if (p.noise_multiplier is None) == (p.target_epsilon is None):
+        both = "both are set" if p.noise_multiplier is not None else "neither is set"
+        fail("privacy.noise_multiplier", f"set exactly one of it and privacy.target_epsilon ({both})")
+    if p.target_epsilon is not None and p.max_epsilon is not None and p.max_epsilon < p.target_epsilon:
+        fail("privacy.max_epsilon", f"{p.max_epsilon} is below privacy.target_epsilon ({p.target_epsilon})")
+    if t.grad_clip is not None:
+        fail(
+            "train.grad_clip", "must be null with privacy: privacy.max_grad_norm clips each sample's gradient"
+        )
+    if t.amp == "fp16":
+        fail("train.amp", "fp16 (loss scaling) is not supported with privacy: use bf16 or off")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -238,3 +238,52 @@ def test_demo_checkpoint_config_loads():
     assert {"lr_schedule", "aux_loss"} <= set(stored["train"])  # written before those keys were retired
     cfg = config_from_dict(stored, source=str(path))
     assert cfg.model.output_stride == stored["model"]["output_stride"] == 16
+
+
+def test_privacy_is_off_by_default_and_reads_its_keys(tmp_path):
+    assert load_config(write(tmp_path, "")).privacy.enabled is False
+    cfg = load_config(
+        write(tmp_path, "model:\n  norm: kn\n"),
+        [
+            "privacy.enabled=true",
+            "privacy.target_epsilon=8",
+            "privacy.accountant=prv",
+            "privacy.max_epsilon=9",
+        ],
+    )
+    p = cfg.privacy
+    assert (p.enabled, p.target_epsilon, p.noise_multiplier, p.accountant) == (True, 8.0, None, "prv")
+    assert (p.delta, p.max_grad_norm, p.poisson_sampling, p.max_epsilon) == (1e-5, 1.0, True, 9.0)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (
+            ["privacy.enabled=true"],
+            r"privacy.noise_multiplier: set exactly one of it and privacy.target_epsilon",
+        ),
+        (
+            ["privacy.enabled=true", "privacy.noise_multiplier=1", "privacy.target_epsilon=3"],
+            r"privacy.noise_multiplier: .*both are set",
+        ),
+        (
+            ["privacy.enabled=true", "privacy.noise_multiplier=1", "train.grad_clip=1"],
+            r"train.grad_clip: .*max_grad_norm",
+        ),
+        (["privacy.enabled=true", "privacy.noise_multiplier=1", "train.amp=fp16"], r"train.amp: fp16"),
+        (
+            ["privacy.enabled=true", "privacy.target_epsilon=8", "privacy.max_epsilon=4"],
+            r"privacy.max_epsilon: 4.0 is below privacy.target_epsilon",
+        ),
+        (["privacy.accountant=gdp"], r"privacy.accountant: expected one of rdp, prv"),
+        (["privacy.delta=1"], r"privacy.delta: must be < 1"),
+        (
+            ["privacy.max_grad_nrom=1"],
+            r"unknown key 'privacy.max_grad_nrom' \(did you mean 'privacy.max_grad_norm'",
+        ),
+    ],
+)
+def test_privacy_settings_are_checked(tmp_path, overrides, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(write(tmp_path, ""), overrides)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from segkn.config import Config
 from segkn.data import SegmentationDataset, build_dataset, build_transform, data_settings
@@ -28,6 +28,7 @@ __all__ = [
     "build_split",
     "build_train_loader",
     "list_collate",
+    "poisson_batches",
     "train_batches",
     "worker_errors_unwrapped",
 ]
@@ -39,7 +40,7 @@ def build_split(cfg: Config, split: str, train: bool) -> SegmentationDataset:
     return build_dataset(settings, split, build_transform(settings, train=train))
 
 
-_ORDER, _WORKERS, _DRAW = 0, 1, 2  # what a derived seed is for
+_ORDER, _WORKERS, _DRAW, _POISSON = 0, 1, 2, 3  # what a derived seed is for
 
 
 def _derived_seed(seed: int, purpose: int, epoch: int, position: int = 0) -> int:
@@ -151,6 +152,64 @@ def train_batches(loader: DataLoader, consumed: int = 0) -> Iterator[Any]:
         with worker_errors_unwrapped():
             yield from loader
         epoch, skip = epoch + 1, 0
+
+
+class PoissonSteps(Sampler):
+    """Poisson-sampled steps for DP-SGD: in step ``t`` each sample joins with probability ``sample_rate``,
+    drawn from a generator seeded by (seed, t); the step's draws come in chunks of at most ``batch_size``.
+
+    Yields the chunks of every step from ``start`` on, forever (a step with no sample: one empty chunk).
+    The draws depend only on (seed, step), so a resumed run sees the steps an uninterrupted one would.
+    """
+
+    def __init__(self, length: int, sample_rate: float, batch_size: int, seed: int, start: int = 0) -> None:
+        self.length, self.sample_rate, self.batch_size = length, sample_rate, batch_size
+        self.seed, self.start = seed, start
+
+    def chunks(self, step: int) -> list[list[tuple[int, int]]]:
+        """The draws ``(index, sample_seed)`` of ``step``, in chunks of at most ``batch_size``."""
+        g = torch.Generator().manual_seed(_derived_seed(self.seed, _POISSON, step))
+        chosen = (torch.rand(self.length, generator=g) < self.sample_rate).nonzero().flatten().tolist()
+        draws = [(i, _derived_seed(self.seed, _DRAW, step, i)) for i in chosen]
+        return [draws[i : i + self.batch_size] for i in range(0, len(draws), self.batch_size)] or [[]]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start
+        while True:
+            yield from self.chunks(step)
+            step += 1
+
+
+def _collate_or_none(batch: Sequence[Any]) -> Any:
+    return default_collate(batch) if batch else None
+
+
+def poisson_batches(
+    dataset: Dataset,
+    sample_rate: float,
+    batch_size: int,
+    seed: int,
+    start: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[list[Any]]:
+    """Each step's batch from ``start`` on as a list of chunks ``(images, masks)`` (None: no sample)."""
+    steps = PoissonSteps(len(dataset), sample_rate, batch_size, seed, start)  # type: ignore[arg-type]
+    loader = DataLoader(
+        SeededDraws(dataset),
+        batch_sampler=steps,
+        num_workers=num_workers,
+        collate_fn=_collate_or_none,
+        pin_memory=pin_memory,
+        worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    with worker_errors_unwrapped():
+        chunks = iter(loader)
+        step = start
+        while True:
+            yield [next(chunks) for _ in steps.chunks(step)]
+            step += 1
 
 
 class ShardSampler(Sampler):

@@ -14,11 +14,29 @@ import torch
 
 from segkn.config import Config, ConfigError
 from segkn.engine import distributed
-from segkn.engine.checkpoint import restore_rng_state
+from segkn.engine.checkpoint import CheckpointError, restore_rng_state
 
-__all__ = ["restore_rng", "restore_schedule", "run_config", "seed_everything", "warn_config_changes"]
+__all__ = [
+    "check_run_dir",
+    "restore_rng",
+    "restore_schedule",
+    "run_config",
+    "seed_everything",
+    "warn_config_changes",
+]
 
 log = logging.getLogger(__name__)
+
+
+def check_run_dir(run_dir: Path, last_path: Path, resume: bool) -> None:
+    """A resumed run needs ``last_path``; a new run must not overwrite one (errors say what to do)."""
+    if resume and not last_path.is_file():
+        raise CheckpointError(f"{last_path}: no checkpoint to resume from (is {run_dir} a run directory?)")
+    if not resume and last_path.exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run ({last_path.name}); continue it with --resume "
+            f"{run_dir}, or choose another --run-dir or name"
+        )
 
 
 def seed_everything(seed: int) -> None:

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from segkn.config import Config, ConfigError, save_config
+from segkn.config import Config, save_config
 from segkn.data import DatasetError
 from segkn.data.check import check_files
 from segkn.engine import distributed
@@ -46,9 +46,11 @@ from segkn.engine.device import amp_dtype, resolve_device
 from segkn.engine.evaluator import EvaluationStopped, evaluate, metrics_report, prediction_settings
 from segkn.engine.loaders import build_split, build_train_loader, train_batches
 from segkn.engine.losses import SegmentationLoss
+from segkn.engine.privacy import make_private, resume_privacy
 from segkn.engine.run_lock import lock_run_dir
 from segkn.engine.run_log import RunLog
 from segkn.engine.run_state import (
+    check_run_dir,
     restore_rng,
     restore_schedule,
     run_config,
@@ -123,9 +125,10 @@ class Trainer:
         self.last_path, self.best_path = run_dir / "last.pth", run_dir / "best.pth"
         self.device = resolve_device(cfg.train.device, local_rank)
         self.amp = amp_dtype(cfg.train.amp, self.device)
-        self.compile_train = compile_enabled(cfg.train.compile, self.device)
+        # private training differentiates the model with torch.func: eagerly
+        self.compile_train = compile_enabled(False if cfg.privacy.enabled else cfg.train.compile, self.device)
         self.compile_eval = compile_enabled(cfg.eval.compile, self.device)
-        self._check_run_dir(resume)
+        check_run_dir(run_dir, self.last_path, resume)
         seed_everything(cfg.seed)
         self._build_data(cfg)
         self._build_model(init)
@@ -137,17 +140,6 @@ class Trainer:
         self._sigterm = StopRequest()
         if resume:
             self.resume()
-
-    def _check_run_dir(self, resume: bool) -> None:
-        if resume and not self.last_path.is_file():
-            raise CheckpointError(
-                f"{self.last_path}: no checkpoint to resume from (is {self.run_dir} a run directory?)"
-            )
-        if not resume and self.last_path.exists():
-            raise ConfigError(
-                f"{self.run_dir} already holds a run ({self.last_path.name}); continue it with --resume "
-                f"{self.run_dir}, or choose another --run-dir or name"
-            )
 
     def _build_data(self, cfg: Config) -> None:
         """The training and validation splits, the run's config (with the class count) and the loader."""
@@ -185,6 +177,8 @@ class Trainer:
             self.optimizer, t.iterations, t.poly_power, t.warmup_iters, t.warmup_ratio, t.min_lr
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        # DP-SGD (None if off): wraps the optimizer for the steps, keeps the privacy accounting
+        self.privacy = make_private(cfg, self.model, self.optimizer, len(self.train_set))
         self.criterion = SegmentationLoss(t.dice_weight, t.lovasz_weight)
 
     def resume(self) -> None:
@@ -203,6 +197,7 @@ class Trainer:
             raise CheckpointError(
                 f"{self.last_path}: cannot resume from it with this config: {str(err).splitlines()[0]}"
             ) from None
+        resume_privacy(self.privacy, ckpt, self.last_path)
         self.iteration, self.best = int(ckpt["step"]), ckpt.get("best")
         self.saved_iteration = self.iteration
         self._resumed_rng = {key: ckpt.get(key) for key in ("rng", "rng_per_rank")}
@@ -212,6 +207,8 @@ class Trainer:
         """Train to ``train.iterations`` (or ``stop_at``); returns the run directory, iteration and best."""
         cfg, t, main = self.cfg, self.cfg.train, distributed.is_main()
         end = min(t.iterations, stop_at) if stop_at is not None else t.iterations
+        budget_end = self.privacy.budget_end(self.iteration, end) if self.privacy else None  # max_epsilon
+        end = end if budget_end is None else budget_end
         self.model = distributed.wrap_model(self.model, self.device)
         if main:
             save_config(cfg, self.run_dir / "config.yaml")
@@ -229,7 +226,11 @@ class Trainer:
                     disable=not main,
                 )
             )
-            self._batches = train_batches(self.loader, self.iteration * t.accumulate)
+            if self.privacy is not None:
+                pin = self.device.type == "cuda"
+                self._batches = self.privacy.batches(cfg, self.train_set, self.loader, self.iteration, pin)
+            else:
+                self._batches = train_batches(self.loader, self.iteration * t.accumulate)
             if self._resumed_rng is not None:
                 restore_rng(self._resumed_rng, cfg.seed, self.iteration)  # last: building drew from it
             window = _Window()
@@ -242,14 +243,15 @@ class Trainer:
                     where = self._save_after_failure(f"training at iteration {self.iteration + 1}")
                     raise DatasetError(f"{err} [{where}]") from None
                 window.loss, window.steps = window.loss + loss, window.steps + 1
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
+                eps = {"eps": f"{self.privacy.epsilon():.3g}"} if self.privacy else {}
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", **eps, refresh=False)
                 bar.update()
                 if self.iteration % t.log_interval == 0 or self.iteration == end:
                     self._log_training(window, lr)
                     window = _Window()
                 if self.iteration % t.checkpoint_interval == 0 or self.iteration == end:
                     self.save()  # before validating: a validation that fails loses nothing
-                if self.iteration % t.val_interval == 0 or self.iteration == t.iterations:
+                if self.iteration % t.val_interval == 0 or self.iteration in (t.iterations, budget_end):
                     self._validate_and_record_best()
                     window.start = time.perf_counter()
                 if self.iteration < end and not distributed.all_true(
@@ -257,6 +259,8 @@ class Trainer:
                 ):
                     self._terminate()
         distributed.barrier()
+        if self.privacy is not None:
+            self.privacy.log_stop(self.iteration, t.iterations)
         log.info("finished at iteration %d of %d; best val mIoU %s", self.iteration, t.iterations, self.best)
         return {"run_dir": str(self.run_dir), "step": self.iteration, "best": self.best}
 
@@ -265,11 +269,14 @@ class Trainer:
         t = self.cfg.train
         assert self._batches is not None, "step() runs inside run()"
         try:
-            with self._stance(self.compile_train), logged_compile(f"iteration {self.iteration + 1}"):
-                loss = train_step(
-                    self.model, self._batches, self.criterion, self.optimizer, self.scaler, t.accumulate,
-                    t.grad_clip, self.amp, t.channels_last,
-                )  # fmt: skip
+            if self.privacy is not None:
+                loss = self.privacy.step(self.model, self._batches, self.criterion, self.amp, t.channels_last)
+            else:
+                with self._stance(self.compile_train), logged_compile(f"iteration {self.iteration + 1}"):
+                    loss = train_step(
+                        self.model, self._batches, self.criterion, self.optimizer, self.scaler, t.accumulate,
+                        t.grad_clip, self.amp, t.channels_last,
+                    )  # fmt: skip
         except NonFiniteLoss as err:
             saved = self.saved_iteration
             where = f"{self.last_path} (iteration {saved})" if saved else "none was written yet"
@@ -289,10 +296,15 @@ class Trainer:
         speed = window.steps * t.accumulate * t.batch_size * world / (time.perf_counter() - window.start)
         if self.run_log is not None:
             epoch = self.iteration * t.accumulate // (len(self.train_set) // world // t.batch_size)
-            self.run_log.record("train", self.iteration, loss=loss, lr=lr, epoch=epoch, images_per_s=speed)
-        log.info(
-            "iteration %d/%d  loss %.4f  lr %.3g  %.1f img/s", self.iteration, t.iterations, loss, lr, speed
+            spent = {"epsilon": self.privacy.epsilon()} if self.privacy else {}
+            self.run_log.record(
+                "train", self.iteration, loss=loss, lr=lr, epoch=epoch, images_per_s=speed, **spent
+            )
+        eps = f"  epsilon {self.privacy.epsilon():.4g}" if self.privacy else ""
+        line = (
+            f"iteration {self.iteration}/{t.iterations}  loss {loss:.4f}  lr {lr:.3g}  {speed:.1f} img/s{eps}"
         )
+        log.info("%s", line)
 
     def _validate_and_record_best(self) -> None:
         """`validate`; a last.pth of this iteration is written again if the best score changed.
@@ -354,8 +366,9 @@ class Trainer:
             self.best = {"miou": miou, "step": self.iteration}
             if distributed.is_main():
                 payload = checkpoint_payload(
-                    cfg, self.model, self.classes, self.palette, step=self.iteration, best=self.best
-                )
+                    cfg, self.model, self.classes, self.palette, step=self.iteration, best=self.best,
+                    **self._privacy_state(),
+                )  # fmt: skip
                 save_checkpoint(self.best_path, payload)
         if self.run_log is not None:
             per_class = {f"iou/{c['name']}": c["iou"] for c in report["classes"] if c["iou"] is not None}
@@ -372,10 +385,13 @@ class Trainer:
             payload = checkpoint_payload(
                 self.cfg, self.model, self.classes, self.palette, optimizer=self.optimizer.state_dict(),
                 scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), step=self.iteration,
-                best=self.best, rng=rng[0], **extra,
+                best=self.best, rng=rng[0], **extra, **self._privacy_state(),
             )  # fmt: skip
             save_checkpoint(self.last_path, payload)
         self.saved_iteration = self.iteration
+
+    def _privacy_state(self) -> dict[str, Any]:
+        return {"privacy": self.privacy.state_dict()} if self.privacy else {}
 
     def _stance(self, compiled: bool) -> contextlib.AbstractContextManager[object]:
         """Compiled modules run compiled (``compiled``) or eagerly; nothing to choose when none is."""
