@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from segkn.atomic import atomic_open
 from segkn.config import Config
@@ -24,6 +23,7 @@ from segkn.engine.device import amp_dtype, resolve_device
 from segkn.engine.loaders import build_eval_loader, build_split, worker_errors_unwrapped
 from segkn.engine.metrics import ConfusionMatrix
 from segkn.models.prediction import predict, same_size_batches
+from segkn.progress import progress_bar
 
 __all__ = [
     "EvaluationStopped",
@@ -112,8 +112,8 @@ def evaluate(
     was_training = net.training
     net.eval()
     cm = ConfusionMatrix(num_classes, device=device)
-    bar = tqdm(
-        loader, desc="eval", leave=False, dynamic_ncols=True, disable=not (progress and distributed.is_main())
+    bar = progress_bar(
+        loader, desc="eval", leave=False, dynamic_ncols=True, enabled=progress and distributed.is_main()
     )
     try:
         with worker_errors_unwrapped():
