@@ -82,3 +82,24 @@ def test_eval_without_matplotlib_warns_with_the_install_line(run_dir, capsys, mo
     assert len(warnings) == 1 and warnings[0].endswith(VIZ_HINT) and "\n" not in warnings[0]
     assert VIZ_HINT == 'matplotlib is not installed: pip install "segkn[viz]"'
     assert (run_dir / "eval_val.json").is_file()  # the scores are written all the same
+
+
+def test_plot_draws_the_runs_curves(run_dir, capsys):
+    assert main(["plot", str(run_dir)]) == 0
+    assert capsys.readouterr().out.strip() == f"curves: {run_dir / 'curves.png'}"
+    image = cv2.imread(str(run_dir / "curves.png"))
+    assert image is not None and image.shape[:2] == (800, 700)
+    out = run_dir / "pictures" / "c.png"
+    assert main(["plot", str(run_dir), "--out", str(out)]) == 0
+    assert cv2.imread(str(out)) is not None
+
+
+def test_plot_without_metrics_or_matplotlib_is_one_error_line(tmp_path, run_dir, capsys, monkeypatch):
+    assert main(["plot", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'metrics.jsonl'}: not found (is {tmp_path} a run directory?)"
+    )
+    _without_matplotlib(monkeypatch)
+    assert main(["plot", str(run_dir), "--out", str(tmp_path / "c.png")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {VIZ_HINT}"
+    assert not (tmp_path / "c.png").exists()
