@@ -8,8 +8,9 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from segkn.cli import evaluate, export, infer, publish, shapes, train, zoo
+from segkn.cli import evaluate, export, infer, plot, publish, shapes, train, zoo
 from segkn.cli.common import is_rank0
+from segkn.engine.plots import MissingExtra
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -19,6 +20,7 @@ COMMANDS: dict[str, ModuleType] = {
     "train": train,
     "eval": evaluate,
     "infer": infer,
+    "plot": plot,
     "export": export,
     "publish": publish,
     "shapes": shapes,
@@ -47,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("segkn").setLevel(level)
     try:
         return COMMANDS[args.command].run(args)
-    # ConfigError, DatasetError, CheckpointError and OnnxError are ValueErrors
-    except (ValueError, FileNotFoundError) as exc:
+    # ConfigError, DatasetError, CheckpointError and OnnxError are ValueErrors; MissingExtra: pip install
+    except (ValueError, FileNotFoundError, MissingExtra) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:

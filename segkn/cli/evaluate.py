@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="DIR",
         help="instead of scoring, write full-resolution labelIds PNGs of the split (e.g. test) into DIR",
     )
+    parser.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress bars (redirected output never has them: it gets plain log lines)",
+    )  # fmt: skip
     return parser
 
 
@@ -57,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {len(written)} labelIds PNGs to {args.cityscapes_submission}")
         return 0
-    report, table = evaluate_checkpoint(cfg, checkpoint, split=args.split, out_dir=out)
+    report, table = evaluate_checkpoint(
+        cfg, checkpoint, split=args.split, out_dir=out, progress=not args.no_progress
+    )
     if is_rank0():
         print(f"{checkpoint} on {cfg.data.type} {report['split']} ({report['mode']}):")
         print(table)

@@ -71,7 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--alpha", type=float, default=0.5, help="overlay opacity of the colour mask (default: 0.5)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress bar (redirected output never has one: it gets plain log lines)",
+    )  # fmt: skip
     return parser
 
 

@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--stop-at", type=int, metavar="N",
         help="stop with a checkpoint after N iterations (the schedule still spans train.iterations)",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress bars (redirected output never has them: it gets plain log lines)",
+    )  # fmt: skip
     return parser
 
 
@@ -49,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         resume=bool(args.resume),
         init=args.init,
         stop_at=args.stop_at,
+        progress=not args.no_progress,
     )
     if is_rank0():
         best = summary["best"]

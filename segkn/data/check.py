@@ -13,11 +13,11 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from segkn.data.base import Sample, SegmentationDataset
 from segkn.data.errors import DatasetError
 from segkn.data.io import read_image
+from segkn.progress import progress_bar
 
 __all__ = ["check_files"]
 
@@ -69,7 +69,7 @@ def check_files(
     with ThreadPoolExecutor(workers) as pool:
         checks = pool.map(lambda i: _check_sample(dataset, i), indices)
         # shown only when the check takes a while: a quick one leaves no trace on the terminal
-        bar = tqdm(checks, total=len(indices), desc="check", leave=False, delay=1, disable=not progress)
+        bar = progress_bar(checks, total=len(indices), desc="check", leave=False, delay=1, enabled=progress)
         problems = [problem for problem in bar if problem]
     what = name or "the dataset"
     if problems:

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from segkn.atomic import atomic_open
 from segkn.config import Config
@@ -24,6 +23,7 @@ from segkn.engine.device import amp_dtype, resolve_device
 from segkn.engine.loaders import build_eval_loader, build_split, worker_errors_unwrapped
 from segkn.engine.metrics import ConfusionMatrix
 from segkn.models.prediction import predict, same_size_batches
+from segkn.progress import progress_bar
 
 __all__ = [
     "EvaluationStopped",
@@ -112,8 +112,8 @@ def evaluate(
     was_training = net.training
     net.eval()
     cm = ConfusionMatrix(num_classes, device=device)
-    bar = tqdm(
-        loader, desc="eval", leave=False, dynamic_ncols=True, disable=not (progress and distributed.is_main())
+    bar = progress_bar(
+        loader, desc="eval", leave=False, dynamic_ncols=True, enabled=progress and distributed.is_main()
     )
     try:
         with worker_errors_unwrapped():
@@ -138,7 +138,8 @@ def evaluate(
 
 
 def metrics_report(cm: ConfusionMatrix, class_names: Sequence[str], **extra: Any) -> dict[str, Any]:
-    """A JSON-ready summary: mIoU, aAcc, mAcc and per-class IoU/Acc (null for classes never seen)."""
+    """A JSON-ready summary: mIoU, aAcc, mAcc, per-class IoU/Acc (null for classes never seen) and the
+    confusion matrix (pixel counts; rows ground truth, columns prediction, in the order of ``classes``)."""
     m = cm.compute()
 
     def num(x: float) -> float | None:
@@ -154,6 +155,7 @@ def metrics_report(cm: ConfusionMatrix, class_names: Sequence[str], **extra: Any
             {"name": name, "iou": num(iou), "acc": num(acc)}
             for name, iou, acc in zip(class_names, m["iou"], m["acc"], strict=True)
         ],
+        "confusion_matrix": cm.mat.cpu().tolist(),
     }
 
 
@@ -162,10 +164,21 @@ def _write_atomic(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _report_json(report: dict[str, Any]) -> str:
+    """``report`` as indented JSON, with each row of its confusion matrix on one line."""
+    rows = report.get("confusion_matrix")
+    if not rows:
+        return json.dumps(report, indent=2) + "\n"
+    marker = "@confusion_matrix@"
+    text = json.dumps({**report, "confusion_matrix": marker}, indent=2)
+    matrix = "[\n" + ",\n".join(f"    {json.dumps(row)}" for row in rows) + "\n  ]"
+    return text.replace(json.dumps(marker), matrix, 1) + "\n"
+
+
 def write_report(report: dict[str, Any], json_path: str | Path, table: str | None = None) -> None:
     """Write ``report`` as JSON (and ``table`` beside it as .txt), each file atomically."""
     json_path = Path(json_path)
-    _write_atomic(json_path, json.dumps(report, indent=2) + "\n")
+    _write_atomic(json_path, _report_json(report))
     if table is not None:
         _write_atomic(json_path.with_suffix(".txt"), table + "\n")
 
@@ -180,8 +193,10 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint on ``split`` (default ``data.val_split``) with ``cfg``'s data and eval settings.
 
     The model is rebuilt from the checkpoint's own config. Returns the report and the per-class table,
-    and (on rank 0) writes them to ``out_dir/eval_<split>.json`` and ``.txt``. Under torchrun each
-    process evaluates its share of the images.
+    and (on rank 0) writes them to ``out_dir/eval_<split>.json`` and ``.txt``, with the confusion heat
+    map and IoU bars as ``eval_<split>_confusion.png`` and ``_iou.png`` when matplotlib is installed (a
+    warning says how to install it otherwise). Under torchrun each process evaluates its share of the
+    images.
     """
 
     split = split or cfg.data.val_split
@@ -220,4 +235,16 @@ def evaluate_checkpoint(
         table = cm.table(dataset.classes)
         if out_dir is not None and distributed.is_main():
             write_report(report, Path(out_dir) / f"eval_{split}.json", table)
+            _write_plots(report, Path(out_dir) / f"eval_{split}.json", dataset.palette)
         return report, table
+
+
+def _write_plots(report: dict[str, Any], json_path: Path, palette: Sequence[Sequence[int]]) -> None:
+    from segkn.engine.plots import MissingExtra, write_eval_plots
+
+    try:
+        paths = write_eval_plots(report, json_path, palette)
+    except MissingExtra as err:
+        log.warning("no confusion matrix or IoU picture: %s", err)
+        return
+    log.info("pictures: %s", ", ".join(str(p) for p in paths.values()))

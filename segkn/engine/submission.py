@@ -19,12 +19,12 @@ from pathlib import Path
 import cv2
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from segkn.data.cityscapes import CityscapesDataset, train_ids_to_label_ids
 from segkn.data.io import write_png
 from segkn.engine.acceleration import compile_enabled, prepare_model, to_channels_last
 from segkn.models.prediction import predict
+from segkn.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def export_cityscapes_submission(
     model.eval()
     names = []
     try:
-        for i in tqdm(range(len(dataset)), desc="submission", disable=not progress):
+        for i in progress_bar(range(len(dataset)), desc="submission", enabled=progress):
             image, _ = dataset[i]
             sample = dataset.samples[i]
             height, width = cv2.imread(str(sample.image), cv2.IMREAD_UNCHANGED).shape[:2]

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from segkn.config import Config, save_config
@@ -61,6 +60,7 @@ from segkn.engine.schedules import build_optimizer, build_scheduler
 from segkn.engine.signals import StopRequest, TrainingTerminated, sigterm_requests
 from segkn.engine.step import NonFiniteLoss, train_step
 from segkn.models import build_model
+from segkn.progress import progress_bar
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainingTerminated", "train", "train_step"]
 
@@ -77,6 +77,7 @@ def train(
     resume: bool = False,
     init: str | Path | None = None,
     stop_at: int | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train as ``cfg`` says, into ``run_dir`` (default ``cfg.run_path``); returns a summary of the run.
 
@@ -86,12 +87,14 @@ def train(
     that many iterations without changing the schedule, which is fixed by ``train.iterations``.
     Under torchrun each process calls this; the process group is set up and torn down here. The main
     process holds the run directory's lock (`lock_run_dir`) for the whole run: RunDirectoryBusy if another
-    process trains there.
+    process trains there. ``progress`` shows bars on a terminal (the log lines are written either way).
     """
     with distributed.process_group(cfg.train.device) as info:
         run_path = Path(run_dir) if run_dir else cfg.run_path
         with lock_run_dir(run_path) if distributed.is_main() else contextlib.nullcontext():
-            trainer = Trainer(cfg, run_path, resume=resume, init=init, local_rank=info.local_rank)
+            trainer = Trainer(
+                cfg, run_path, resume=resume, init=init, local_rank=info.local_rank, progress=progress
+            )
             return trainer.run(stop_at)
 
 
@@ -119,9 +122,10 @@ class Trainer:
         resume: bool = False,
         init: str | Path | None = None,
         local_rank: int = 0,
+        progress: bool = True,
     ) -> None:
         """Set up: check the run directory, seed, build data, model, optimizer, schedule and loss."""
-        self.run_dir = run_dir
+        self.run_dir, self.progress = run_dir, progress and distributed.is_main()
         self.last_path, self.best_path = run_dir / "last.pth", run_dir / "best.pth"
         self.device = resolve_device(cfg.train.device, local_rank)
         self.amp = amp_dtype(cfg.train.amp, self.device)
@@ -148,7 +152,7 @@ class Trainer:
         self.val_set = build_split(cfg, cfg.data.val_split, train=False)
         # a bad validation file would stop the run at its first validation: find it now
         shard = range(distributed.rank(), len(self.val_set), world)
-        check_files(self.val_set, shard, f"split {cfg.data.val_split!r}", progress=distributed.is_main())
+        check_files(self.val_set, shard, f"split {cfg.data.val_split!r}", progress=self.progress)
         self.classes, self.palette = self.train_set.classes, self.train_set.palette
         if len(self.train_set) // world < cfg.train.batch_size:
             raise DatasetError(
@@ -217,14 +221,15 @@ class Trainer:
             self.run_log = stack.enter_context(RunLog(self.run_dir, self.saved_iteration)) if main else None
             stack.enter_context(logging_redirect_tqdm())
             self._sigterm = stack.enter_context(sigterm_requests())
-            bar = stack.enter_context(
-                tqdm(
+            bar = stack.enter_context(  # off a terminal: the log lines at train.log_interval only
+                progress_bar(
                     total=t.iterations,
                     initial=self.iteration,
                     desc="train",
                     dynamic_ncols=True,
-                    disable=not main,
-                )
+                    enabled=self.progress,
+                    lines=False,
+                )  # fmt: skip
             )
             if self.privacy is not None:
                 pin = self.device.type == "cuda"
@@ -357,7 +362,7 @@ class Trainer:
             cm = evaluate(
                 self.model, self.val_set, len(self.classes), self.device, **prediction_settings(cfg),
                 batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, amp_dtype=self.amp,
-                channels_last=cfg.train.channels_last, stop=stop,
+                channels_last=cfg.train.channels_last, stop=stop, progress=self.progress,
             )  # fmt: skip
         log.info("validation at iteration %d:\n%s", self.iteration, cm.table(self.classes))
         report = metrics_report(cm, self.classes, step=self.iteration, split=cfg.data.val_split)

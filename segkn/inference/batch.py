@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from segkn.data.errors import DatasetError
 from segkn.data.io import IMAGE_SUFFIXES, read_image, write_png
 from segkn.inference.predictor import Segmenter
 from segkn.inference.visualize import colorize, overlay
 from segkn.models.prediction import same_size_batches
+from segkn.progress import progress_bar
 
 __all__ = ["IMAGE_SUFFIXES", "OUTPUTS", "InferenceSummary", "collect_images", "segment_files"]
 
@@ -150,7 +150,7 @@ def segment_files(
     out_dir = Path(out_dir)
     summary = InferenceSummary()
     start = time.perf_counter()
-    with tqdm(total=len(pairs), desc="infer", unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(pairs), desc="infer", unit="img", enabled=progress) as bar:
         for batch in _batches(pairs, batch_size, summary):
             labels = segmenter.predict_batch([image for _, _, image in batch], batch_size=len(batch))
             for (source, name, image), label in zip(batch, labels, strict=True):
