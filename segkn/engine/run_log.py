@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunLog", "read_metrics"]
+__all__ = ["LogWindow", "RunLog", "read_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -19,6 +21,15 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@dataclass
+class LogWindow:
+    """The training loss and time since the last log line."""
+
+    loss: float = 0.0
+    steps: int = 0
+    start: float = field(default_factory=time.perf_counter)
 
 
 class RunLog:

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,7 @@ from segkn.config import Config, save_config
 from segkn.data import DatasetError
 from segkn.data.check import check_files
 from segkn.engine import distributed
-from segkn.engine.acceleration import (
-    compile_enabled,
-    eager_unless,
-    logged_compile,
-    prepare_model,
-)
+from segkn.engine.acceleration import compile_enabled, eager_unless, logged_compile, prepare_model
 from segkn.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -47,7 +41,7 @@ from segkn.engine.loaders import build_split, build_train_loader, train_batches
 from segkn.engine.losses import SegmentationLoss
 from segkn.engine.privacy import make_private, resume_privacy
 from segkn.engine.run_lock import lock_run_dir
-from segkn.engine.run_log import RunLog
+from segkn.engine.run_log import LogWindow, RunLog
 from segkn.engine.run_state import (
     check_run_dir,
     restore_rng,
@@ -96,15 +90,6 @@ def train(
                 cfg, run_path, resume=resume, init=init, local_rank=info.local_rank, progress=progress
             )
             return trainer.run(stop_at)
-
-
-@dataclass
-class _Window:
-    """The training loss and time since the last log line."""
-
-    loss: float = 0.0
-    steps: int = 0
-    start: float = field(default_factory=time.perf_counter)
 
 
 class Trainer:
@@ -238,7 +223,7 @@ class Trainer:
                 self._batches = train_batches(self.loader, self.iteration * t.accumulate)
             if self._resumed_rng is not None:
                 restore_rng(self._resumed_rng, cfg.seed, self.iteration)  # last: building drew from it
-            window = _Window()
+            window = LogWindow()
             self.model.train()
             while self.iteration < end:
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -253,7 +238,7 @@ class Trainer:
                 bar.update()
                 if self.iteration % t.log_interval == 0 or self.iteration == end:
                     self._log_training(window, lr)
-                    window = _Window()
+                    window = LogWindow()
                 if self.iteration % t.checkpoint_interval == 0 or self.iteration == end:
                     self.save()  # before validating: a validation that fails loses nothing
                 if self.iteration % t.val_interval == 0 or self.iteration in (t.iterations, budget_end):
@@ -294,7 +279,7 @@ class Trainer:
         self.iteration += 1
         return loss
 
-    def _log_training(self, window: _Window, lr: float) -> None:
+    def _log_training(self, window: LogWindow, lr: float) -> None:
         """Log the mean loss (over the window and all processes), the learning rate and the speed."""
         t, world = self.cfg.train, distributed.world_size()
         loss = distributed.all_mean(window.loss / window.steps, self.device)
