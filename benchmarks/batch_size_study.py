@@ -24,9 +24,9 @@ Plans:
   full     U-Net and DeepLabV3+, knresnet18 (kn) and resnet18 with kn, bn, gn, ln; batch 1, 2, 8;
            lr 1e-4, 3e-4, 1e-3, 3e-3; seeds 0, 1 (240 runs); 64 x 64 images (the demo's), 3 classes,
            16000 training images seen per run (the demo's 2000 iterations at batch 8), 100 val images
-           scored 8 times. Expect about 5 CPU-days on 2 cores (batch 1 dominates: 16000 iterations a
-           run), a few hours on one GPU; run it in pieces (--archs/--models/--batches/--lrs/--seeds,
-           or --jobs N on a larger machine).
+           scored 8 times. Not run yet; a rough estimate: 60 hours of single-core time (batch 1
+           dominates: 16000 iterations a run), a few hours on one GPU; run it in pieces
+           (--archs/--models/--batches/--lrs/--seeds, or --jobs N on a larger machine).
 
 Runs are cached: each one trains in ``--work-dir/<plan>/<run-id>/`` and leaves result.json there when it
 ends (its checkpoints are then deleted unless --keep-checkpoints); a finished run is skipped and an
