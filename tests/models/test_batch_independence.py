@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from segkn.models import build_model
+from segkn.models.prediction import predict_logits
 from segkn.nn.blocks import batch_dependent_layers
 
 ARCHS = ("deeplabv3", "deeplabv3plus", "unet")
@@ -88,3 +89,46 @@ def test_the_check_catches_batchnorm():
         together = model(x)
         pairs = torch.cat([model(x[0:2]), model(x[2:4])])
     assert (together - pairs).abs().max().item() > 1e-3
+
+
+def _alone_and_in_batch(model, mode):
+    """Logits of one image predicted alone and with three other images in the batch, as users call it."""
+    x, _ = _batch()
+    with torch.no_grad():
+        alone = predict_logits(model, x[:1], mode, crop_size=(32, 32), stride=(16, 16))
+        in_batch = predict_logits(model, x, mode, crop_size=(32, 32), stride=(16, 16))[:1]
+    return alone, in_batch
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("arch,encoder", [("unet", "knresnet18"), ("deeplabv3plus", "resnet18")])
+def test_kn_prediction_of_an_image_is_the_same_alone_and_in_a_batch(arch, encoder, training, mode):
+    """A KN model gives an image the same logits whatever else is in its batch, in eval and in train
+    mode (KN's statistics dropout is off here: it is random per sample, not a batch coupling)."""
+    model = _model(arch, encoder, norm="kn").train(training)
+    alone, in_batch = _alone_and_in_batch(model, mode)
+    torch.testing.assert_close(alone, in_batch, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,encoder", [("unet", "resnet18")])
+def test_bn_prediction_in_train_mode_depends_on_the_batch(arch, encoder):
+    """The same BN model in train mode (batch statistics, as it trains) predicts the image differently
+    alone and in a batch; in eval mode (running statistics) it does not."""
+    model = _model(arch, encoder, norm="bn").train()
+    alone, in_batch = _alone_and_in_batch(model, "whole")
+    assert (alone - in_batch).abs().max().item() > 1e-2
+    assert not torch.equal(alone.argmax(1), in_batch.argmax(1))
+    model.eval()
+    alone, in_batch = _alone_and_in_batch(model, "whole")
+    torch.testing.assert_close(alone, in_batch, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3", "deeplabv3plus"])
+def test_bn_deeplab_cannot_take_a_single_image_in_train_mode(arch):
+    """DeepLab's image-pooling branch normalizes one value per channel: BN in train mode cannot take a
+    batch of one image at all (so BN DeepLab cannot train at batch 1); the KN model can."""
+    x, _ = _batch()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        _model(arch, "resnet18", norm="bn").train()(x[:1])
+    assert torch.isfinite(_model(arch, "resnet18", norm="kn").train()(x[:1])).all()
