@@ -82,6 +82,25 @@ def test_infer_files_folders_globs_grey_rgba_and_a_corrupt_image(tmp_path, input
     assert written == sorted(expected)
 
 
+def test_infer_reports_and_skips_a_truncated_jpeg(tmp_path, capfd):
+    photo = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    jpeg = cv2.imencode(".jpg", cv2.GaussianBlur(photo, (9, 9), 3))[1].tobytes()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "whole.jpg").write_bytes(jpeg)
+    (tmp_path / "in" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])  # an interrupted copy
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    out = tmp_path / "out"
+    argv = ["infer", "--checkpoint", str(ckpt), str(tmp_path / "in"), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--save", "label"]) == 1
+    captured = capfd.readouterr()
+    assert "segmented 1 image(s)" in captured.out
+    assert (
+        "1 image(s) could not be read" in captured.out and "truncated.jpg: cannot read image" in captured.out
+    )
+    assert "Premature end" not in captured.err and "Corrupt JPEG" not in captured.err
+    assert sorted(p.name for p in (out / "label").iterdir()) == ["whole.png"]
+
+
 def test_tools_infer_script_runs(tmp_path, inputs):
     ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
     out = tmp_path / "out"
