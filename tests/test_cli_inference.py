@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,10 +48,14 @@ def inputs(tmp_path):
     }
 
 
+def _error_line_of(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert not any("Traceback" in line for line in lines)
+    return lines[-1]
+
+
 def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert not any("Traceback" in line for line in err)
-    return err[-1]
+    return _error_line_of(capsys.readouterr().err)
 
 
 def test_infer_files_folders_globs_grey_rgba_and_a_corrupt_image(tmp_path, inputs, capsys):
@@ -246,3 +251,59 @@ def test_infer_slide_and_tta_options_against_hand_made_predictions(tmp_path):
     clear = top2_gap(probs)[0].numpy() > 1e-4
     assert clear.mean() > 0.99
     np.testing.assert_array_equal(got[clear], expected[clear])
+
+
+def test_infer_and_export_refuse_an_output_in_the_way_before_any_work(tmp_path, inputs, capsys):
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    taken = tmp_path / "taken.txt"
+    taken.write_text("not a folder")
+    infer = ["infer", "--checkpoint", str(ckpt), str(inputs["a"]), "--no-progress", "--out"]
+    label = tmp_path / "res" / "label"  # where --out res would write its label maps
+    label.parent.mkdir()
+    label.touch()
+    for out, named in [(taken, taken), (taken / "sub", taken / "sub"), (label.parent, label)]:
+        assert main([*infer, str(out)]) == 2
+        captured = capsys.readouterr()
+        line = _error_line_of(captured.err)
+        assert line.startswith(f"error: --out {named}: ") and "a file" in line and "folder" in line, line
+        assert "image(s)" not in captured.err + captured.out  # stopped before loading or segmenting anything
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(folder)]) == 2
+    captured = capsys.readouterr()
+    assert _error_line_of(captured.err) == f"error: --out {folder}: a folder is there; name the file to write"
+    assert "exported" not in captured.out and not any(folder.iterdir())
+
+
+def test_infer_lists_no_output_folders_when_no_image_could_be_read(tmp_path, inputs, capsys):
+    inputs["corrupt"].write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    out = tmp_path / "out"
+    argv = ["infer", "--checkpoint", str(ckpt), str(inputs["corrupt"]), "--out", str(out), "--no-progress"]
+    assert main(argv) == 1
+    printed = capsys.readouterr().out
+    assert "segmented 0 image(s)" in printed and "corrupt.jpg" in printed
+    assert "outputs:" not in printed and not out.exists()
+    assert main([*argv[:3], str(inputs["a"]), *argv[4:]]) == 0
+    assert f"outputs: {out / 'label'}, {out / 'color'}, {out / 'overlay'}" in capsys.readouterr().out
+
+
+def test_export_help_states_the_oldest_opset_that_export_accepts(tmp_path, capsys, monkeypatch):
+    from segkn.inference import export
+
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    oldest = int(re.search(r"ONNX opset, (\d+) or newer", " ".join(capsys.readouterr().out.split()))[1])
+    model, _ = model_from_checkpoint(write_tiny_checkpoint(tmp_path / "tiny.pth"))
+    with pytest.raises(ValueError, match="too old"):
+        export.export_onnx(model, tmp_path / "old.onnx", opset=oldest - 1)
+
+    class Exporting(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Exporting
+
+    monkeypatch.setattr(export, "_quiet_export", stop)  # the opset passed the check: stop right there
+    with pytest.raises(Exporting):
+        export.export_onnx(model, tmp_path / "oldest.onnx", opset=oldest)

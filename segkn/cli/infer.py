@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from segkn.cli.common import check_output_path
 
 HELP = "segment images: label maps, colour masks, overlays"
 
@@ -80,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
     from segkn.inference import Segmenter
     from segkn.inference.batch import collect_images, segment_files
 
+    out = check_output_path(args.out, "--out", folder=True)
+    for kind in args.save:
+        check_output_path(out / kind, "--out", folder=True)
     backend = args.backend or ("onnxruntime" if args.onnx and not args.checkpoint else "torch")
     options = {
         "mode": args.mode, "crop_size": args.crop_size, "stride": args.stride, "scales": args.scales,
@@ -93,12 +97,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.onnx:
             raise ValueError("infer: --backend onnxruntime needs --onnx FILE (export one with segkn export)")
         segmenter = Segmenter.from_onnx(args.onnx, device=args.device, **options)
-    out = Path(args.out)
     pairs = collect_images(args.inputs, exclude=out)
     print(f"{len(pairs)} image(s); {segmenter!r}; backend {backend}", file=sys.stderr)
     summary = segment_files(
         segmenter, pairs, out, args.save, args.ids, args.batch_size, args.alpha, not args.no_progress
     )
     print(summary.text())
-    print(f"outputs: {', '.join(str(out / kind) for kind in args.save)}")
+    if summary.written:  # each image written fills every folder of --save; none written, none made
+        print(f"outputs: {', '.join(str(out / kind) for kind in args.save)}")
     return 1 if summary.failed else 0

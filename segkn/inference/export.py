@@ -27,7 +27,7 @@ from segkn.inference.metadata import (
     model_config,
     size_pair,
 )
-from segkn.inference.runtime import OnnxError
+from segkn.inference.runtime import MIN_OPSET, OnnxError
 from segkn.inference.verify import (
     DEFAULT_ATOL,
     DEFAULT_MIN_AGREEMENT,
@@ -61,9 +61,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# torch's dynamo exporter writes opset 18 and cannot convert segkn graphs (their Pad) down to 17.
-MIN_OPSET = 18
 
 
 def _quiet_export(model: nn.Module, sample: torch.Tensor, opset: int) -> Any:
@@ -103,7 +100,7 @@ def export_onnx(
     path: str | Path,
     *,
     sample_size: int | Sequence[int] = (512, 512),
-    opset: int = 18,
+    opset: int = MIN_OPSET,
     fp16: bool = False,
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -168,7 +165,7 @@ def export_checkpoint(
     out: str | Path,
     *,
     sample_size: int | Sequence[int] | None = None,
-    opset: int = 18,
+    opset: int = MIN_OPSET,
     fp16: bool = False,
     verify: bool = True,
     verify_sizes: Sequence[Sequence[int]] | None = None,

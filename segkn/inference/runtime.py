@@ -17,6 +17,7 @@ __all__ = [
     "FORMAT_VERSION",
     "JSON_KEYS",
     "METADATA_KEYS",
+    "MIN_OPSET",
     "OnnxError",
     "OnnxModel",
     "read_metadata",
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "segkn-onnx"
 FORMAT_VERSION = 1
+# torch's dynamo exporter writes opset 18 and cannot convert segkn graphs (their Pad) down to 17.
+MIN_OPSET = 18
 PREFIX = "segkn."
 # Every segkn metadata entry, without the "segkn." prefix that it carries in the ONNX file.
 METADATA_KEYS = (
