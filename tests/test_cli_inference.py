@@ -137,6 +137,22 @@ def test_infer_refuses_a_malicious_checkpoint_and_writes_nothing(tmp_path, input
     assert not marker.exists() and not out.exists()
 
 
+def test_infer_says_which_option_takes_an_onnx_file_or_a_checkpoint(tmp_path, inputs, capsys):
+    from tests.inference.test_runtime import segkn_props, write_graph
+
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    model = write_graph(tmp_path / "model.onnx", segkn_props())
+    out = str(tmp_path / "out")
+    assert main(["infer", "--checkpoint", str(model), str(inputs["a"]), "--out", out]) == 2
+    line = _error_line(capsys)
+    assert "model.onnx: this is an ONNX model file" in line and f"--onnx {model}" in line
+    assert main(["infer", "--onnx", str(ckpt), str(inputs["a"]), "--out", out]) == 2
+    line = _error_line(capsys)
+    assert "tiny.pth: this is a PyTorch file" in line and "pass it with --checkpoint" in line
+    assert main(["export", "--checkpoint", str(ckpt), "--verify", str(ckpt)]) == 2
+    assert "tiny.pth: this is a PyTorch file" in _error_line(capsys)
+
+
 def test_infer_usage_errors(tmp_path, inputs, capsys):
     ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
     out = str(tmp_path / "out")
