@@ -16,6 +16,7 @@ from segkn.cli import main
 from segkn.data.io import read_mask
 from segkn.engine.checkpoint import model_from_checkpoint
 from segkn.inference import Segmenter
+from segkn.inference.runtime import read_metadata
 from tests.engine.prediction_reference import top2_gap, tta_probabilities
 from tests.inference.conftest import write_tiny_checkpoint
 
@@ -248,6 +249,25 @@ def test_export_verify_an_existing_file(demo_onnx, tmp_path, capsys):
     other = write_tiny_checkpoint(tmp_path / "other.pth")
     assert main(["export", "--checkpoint", str(other), "--verify", str(demo_onnx)]) == 2
     assert "sha256" in _error_line(capsys)
+
+
+def test_an_export_that_fails_verification_leaves_the_file_at_out_as_it_was(tmp_path, capsys):
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"the verified model deployed last week")
+    argv = ["export", "--checkpoint", str(ckpt), "--out", str(out), "--verify-sizes", "40x72"]
+    assert main([*argv, "--atol", "1e-12"]) == 1  # bounds nothing can meet: verification fails
+    captured = capsys.readouterr()
+    failed = tmp_path / "model.failed.onnx"
+    assert out.read_bytes() == b"the verified model deployed last week"
+    assert _error_line_of(captured.err) == (
+        f"error: the export does not match the PyTorch model within the bounds above; it is in {failed} "
+        f"for inspection; {out} keeps its earlier file; do not deploy it"
+    )
+    assert read_metadata(failed)["checkpoint_step"] == 7  # the whole export, to inspect
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.failed.onnx", "model.onnx", "tiny.pth"]
+    assert main(argv) == 0  # it passes: the export takes the place of the earlier file
+    assert read_metadata(out)["checkpoint_step"] == 7
 
 
 def test_infer_slide_and_tta_options_against_hand_made_predictions(tmp_path):

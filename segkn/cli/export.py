@@ -66,9 +66,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(report.table())
     if not report.passed:
+        if args.verify:
+            what, where = path, "the file is kept for inspection"
+        else:  # export_checkpoint put the failed export beside --out, which keeps what it held
+            kept = "keeps its earlier file" if Path(args.out).exists() else "was not written"
+            what, where = "the export", f"it is in {path} for inspection; {args.out} {kept}"
         print(
-            f"error: {path} does not match the PyTorch model within the bounds above; the file is kept for "
-            "inspection, do not deploy it",
+            f"error: {what} does not match the PyTorch model within the bounds above; {where}; "
+            "do not deploy it",
             file=sys.stderr,
         )
         return 1
