@@ -270,6 +270,17 @@ def test_an_export_that_fails_verification_leaves_the_file_at_out_as_it_was(tmp_
     assert read_metadata(out)["checkpoint_step"] == 7
 
 
+def test_infer_mode_auto_slides_images_above_max_pixels(tmp_path, capsys):
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    image = _image(tmp_path / "in" / "x.png", 120, 150, 3, 8)
+    out = tmp_path / "out"
+    argv = ["infer", "--checkpoint", str(ckpt), str(image), "--out", str(out), "--save", "label"]
+    assert main([*argv, "--mode", "auto", "--max-pixels", "4096", "--no-progress"]) == 0
+    assert "mode=auto (whole up to 4096 pixels)" in capsys.readouterr().err
+    slid = Segmenter.from_checkpoint(ckpt, device="cpu", max_pixels=4096)
+    np.testing.assert_array_equal(read_mask(out / "label" / "x.png"), slid.predict(image))
+
+
 def test_infer_slide_and_tta_options_against_hand_made_predictions(tmp_path):
     ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth", data={"normalize": "none"})
     image = _image(tmp_path / "in" / "x.png", 36, 44, 3, 7)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from segkn.cli.common import check_output_path
+from segkn.inference.memory import DEFAULT_MAX_PIXELS, MODES
 
 HELP = "segment images: label maps, colour masks, overlays"
 
@@ -32,22 +33,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "labelIds (default: train)",
     )  # fmt: skip
     parser.add_argument(
-        "--mode", choices=("whole", "slide"), help="whole image or sliding window (default: eval.mode)"
-    )
+        "--mode", choices=MODES,
+        help="auto: whole images up to --max-pixels when they fit in memory, sliding windows over larger "
+        "ones; whole: every image whole (refused when it cannot fit); slide: windows of --crop-size "
+        "(default: slide if the checkpoint's eval.mode is slide, else auto)",
+    )  # fmt: skip
     parser.add_argument(
-        "--crop-size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="sliding window size (default: eval.crop_size)",
-    )
+        "--max-pixels", type=int, metavar="N",
+        help=f"mode auto: largest image run whole, in pixels (default: {DEFAULT_MAX_PIXELS} = 2048x2048); "
+        "larger ones slide square windows of N/4 pixels",
+    )  # fmt: skip
     parser.add_argument(
-        "--stride",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
+        "--crop-size", type=int, nargs=2, metavar=("H", "W"),
+        help="sliding window size (default: eval.crop_size; in mode auto, from --max-pixels)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stride", type=int, nargs=2, metavar=("H", "W"),
         help="sliding window step (default: 2/3 of the window)",
-    )
+    )  # fmt: skip
     parser.add_argument(
         "--scales", type=float, nargs="+", metavar="S", help="multi-scale TTA, e.g. 0.75 1 1.25"
     )
@@ -86,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(out / kind, "--out", folder=True)
     backend = args.backend or ("onnxruntime" if args.onnx and not args.checkpoint else "torch")
     options = {
-        "mode": args.mode, "crop_size": args.crop_size, "stride": args.stride, "scales": args.scales,
-        "flip": args.flip, "compile": args.compile, "channels_last": args.channels_last,
+        "mode": args.mode, "max_pixels": args.max_pixels, "crop_size": args.crop_size,
+        "stride": args.stride, "scales": args.scales, "flip": args.flip, "compile": args.compile,
+        "channels_last": args.channels_last,
     }  # fmt: skip
     if backend == "torch":
         if not args.checkpoint:
