@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from segkn.cli import main
 from segkn.data.io import read_mask
 from segkn.engine.checkpoint import model_from_checkpoint
 from segkn.inference import Segmenter
+from segkn.inference.runtime import read_metadata
 from tests.engine.prediction_reference import top2_gap, tta_probabilities
 from tests.inference.conftest import write_tiny_checkpoint
 
@@ -47,10 +49,14 @@ def inputs(tmp_path):
     }
 
 
+def _error_line_of(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert not any("Traceback" in line for line in lines)
+    return lines[-1]
+
+
 def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert not any("Traceback" in line for line in err)
-    return err[-1]
+    return _error_line_of(capsys.readouterr().err)
 
 
 def test_infer_files_folders_globs_grey_rgba_and_a_corrupt_image(tmp_path, inputs, capsys):
@@ -82,6 +88,25 @@ def test_infer_files_folders_globs_grey_rgba_and_a_corrupt_image(tmp_path, input
     assert written == sorted(expected)
 
 
+def test_infer_reports_and_skips_a_truncated_jpeg(tmp_path, capfd):
+    photo = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    jpeg = cv2.imencode(".jpg", cv2.GaussianBlur(photo, (9, 9), 3))[1].tobytes()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "whole.jpg").write_bytes(jpeg)
+    (tmp_path / "in" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])  # an interrupted copy
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    out = tmp_path / "out"
+    argv = ["infer", "--checkpoint", str(ckpt), str(tmp_path / "in"), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--save", "label"]) == 1
+    captured = capfd.readouterr()
+    assert "segmented 1 image(s)" in captured.out
+    assert (
+        "1 image(s) could not be read" in captured.out and "truncated.jpg: cannot read image" in captured.out
+    )
+    assert "Premature end" not in captured.err and "Corrupt JPEG" not in captured.err
+    assert sorted(p.name for p in (out / "label").iterdir()) == ["whole.png"]
+
+
 def test_tools_infer_script_runs(tmp_path, inputs):
     ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
     out = tmp_path / "out"
@@ -111,6 +136,22 @@ def test_infer_refuses_a_malicious_checkpoint_and_writes_nothing(tmp_path, input
     line = _error_line(capsys)
     assert line.startswith("error: ") and "evil.pth" in line and "refused" in line
     assert not marker.exists() and not out.exists()
+
+
+def test_infer_says_which_option_takes_an_onnx_file_or_a_checkpoint(tmp_path, inputs, capsys):
+    from tests.inference.test_runtime import segkn_props, write_graph
+
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    model = write_graph(tmp_path / "model.onnx", segkn_props())
+    out = str(tmp_path / "out")
+    assert main(["infer", "--checkpoint", str(model), str(inputs["a"]), "--out", out]) == 2
+    line = _error_line(capsys)
+    assert "model.onnx: this is an ONNX model file" in line and f"--onnx {model}" in line
+    assert main(["infer", "--onnx", str(ckpt), str(inputs["a"]), "--out", out]) == 2
+    line = _error_line(capsys)
+    assert "tiny.pth: this is a PyTorch file" in line and "pass it with --checkpoint" in line
+    assert main(["export", "--checkpoint", str(ckpt), "--verify", str(ckpt)]) == 2
+    assert "tiny.pth: this is a PyTorch file" in _error_line(capsys)
 
 
 def test_infer_usage_errors(tmp_path, inputs, capsys):
@@ -210,6 +251,36 @@ def test_export_verify_an_existing_file(demo_onnx, tmp_path, capsys):
     assert "sha256" in _error_line(capsys)
 
 
+def test_an_export_that_fails_verification_leaves_the_file_at_out_as_it_was(tmp_path, capsys):
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"the verified model deployed last week")
+    argv = ["export", "--checkpoint", str(ckpt), "--out", str(out), "--verify-sizes", "40x72"]
+    assert main([*argv, "--atol", "1e-12"]) == 1  # bounds nothing can meet: verification fails
+    captured = capsys.readouterr()
+    failed = tmp_path / "model.failed.onnx"
+    assert out.read_bytes() == b"the verified model deployed last week"
+    assert _error_line_of(captured.err) == (
+        f"error: the export does not match the PyTorch model within the bounds above; it is in {failed} "
+        f"for inspection; {out} keeps its earlier file; do not deploy it"
+    )
+    assert read_metadata(failed)["checkpoint_step"] == 7  # the whole export, to inspect
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.failed.onnx", "model.onnx", "tiny.pth"]
+    assert main(argv) == 0  # it passes: the export takes the place of the earlier file
+    assert read_metadata(out)["checkpoint_step"] == 7
+
+
+def test_infer_mode_auto_slides_images_above_max_pixels(tmp_path, capsys):
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    image = _image(tmp_path / "in" / "x.png", 120, 150, 3, 8)
+    out = tmp_path / "out"
+    argv = ["infer", "--checkpoint", str(ckpt), str(image), "--out", str(out), "--save", "label"]
+    assert main([*argv, "--mode", "auto", "--max-pixels", "4096", "--no-progress"]) == 0
+    assert "mode=auto (whole up to 4096 pixels)" in capsys.readouterr().err
+    slid = Segmenter.from_checkpoint(ckpt, device="cpu", max_pixels=4096)
+    np.testing.assert_array_equal(read_mask(out / "label" / "x.png"), slid.predict(image))
+
+
 def test_infer_slide_and_tta_options_against_hand_made_predictions(tmp_path):
     ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth", data={"normalize": "none"})
     image = _image(tmp_path / "in" / "x.png", 36, 44, 3, 7)
@@ -227,3 +298,59 @@ def test_infer_slide_and_tta_options_against_hand_made_predictions(tmp_path):
     clear = top2_gap(probs)[0].numpy() > 1e-4
     assert clear.mean() > 0.99
     np.testing.assert_array_equal(got[clear], expected[clear])
+
+
+def test_infer_and_export_refuse_an_output_in_the_way_before_any_work(tmp_path, inputs, capsys):
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    taken = tmp_path / "taken.txt"
+    taken.write_text("not a folder")
+    infer = ["infer", "--checkpoint", str(ckpt), str(inputs["a"]), "--no-progress", "--out"]
+    label = tmp_path / "res" / "label"  # where --out res would write its label maps
+    label.parent.mkdir()
+    label.touch()
+    for out, named in [(taken, taken), (taken / "sub", taken / "sub"), (label.parent, label)]:
+        assert main([*infer, str(out)]) == 2
+        captured = capsys.readouterr()
+        line = _error_line_of(captured.err)
+        assert line.startswith(f"error: --out {named}: ") and "a file" in line and "folder" in line, line
+        assert "image(s)" not in captured.err + captured.out  # stopped before loading or segmenting anything
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(folder)]) == 2
+    captured = capsys.readouterr()
+    assert _error_line_of(captured.err) == f"error: --out {folder}: a folder is there; name the file to write"
+    assert "exported" not in captured.out and not any(folder.iterdir())
+
+
+def test_infer_lists_no_output_folders_when_no_image_could_be_read(tmp_path, inputs, capsys):
+    inputs["corrupt"].write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    out = tmp_path / "out"
+    argv = ["infer", "--checkpoint", str(ckpt), str(inputs["corrupt"]), "--out", str(out), "--no-progress"]
+    assert main(argv) == 1
+    printed = capsys.readouterr().out
+    assert "segmented 0 image(s)" in printed and "corrupt.jpg" in printed
+    assert "outputs:" not in printed and not out.exists()
+    assert main([*argv[:3], str(inputs["a"]), *argv[4:]]) == 0
+    assert f"outputs: {out / 'label'}, {out / 'color'}, {out / 'overlay'}" in capsys.readouterr().out
+
+
+def test_export_help_states_the_oldest_opset_that_export_accepts(tmp_path, capsys, monkeypatch):
+    from segkn.inference import export
+
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    oldest = int(re.search(r"ONNX opset, (\d+) or newer", " ".join(capsys.readouterr().out.split()))[1])
+    model, _ = model_from_checkpoint(write_tiny_checkpoint(tmp_path / "tiny.pth"))
+    with pytest.raises(ValueError, match="too old"):
+        export.export_onnx(model, tmp_path / "old.onnx", opset=oldest - 1)
+
+    class Exporting(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Exporting
+
+    monkeypatch.setattr(export, "_quiet_export", stop)  # the opset passed the check: stop right there
+    with pytest.raises(Exporting):
+        export.export_onnx(model, tmp_path / "oldest.onnx", opset=oldest)

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from segkn.cli.common import size
+from segkn.cli.common import check_output_path, size
+from segkn.inference.runtime import MIN_OPSET
 
 HELP = "export a checkpoint to ONNX, verified in ONNX Runtime"
 
@@ -24,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--sample-size", type=int, nargs=2, metavar=("H", "W"),
         help="export sample size; the graph takes any size (default: the config's data.crop_size)",
     )  # fmt: skip
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default: 18)")
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=MIN_OPSET,
+        help=f"ONNX opset, {MIN_OPSET} or newer (default: %(default)s)",
+    )
     parser.add_argument("--fp16", action="store_true", help="export in float16 (verified with looser bounds)")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check after export")
     parser.add_argument(
@@ -43,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from segkn.inference.export import export_checkpoint
     from segkn.inference.verify import verify_checkpoint
 
+    if args.out:
+        check_output_path(args.out, "--out", folder=False)
     bounds = {"atol": args.atol, "min_agreement": args.min_agreement}
     if args.verify:
         report = verify_checkpoint(args.checkpoint, args.verify, sizes=args.verify_sizes, **bounds)
@@ -58,9 +66,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(report.table())
     if not report.passed:
+        if args.verify:
+            what, where = path, "the file is kept for inspection"
+        else:  # export_checkpoint put the failed export beside --out, which keeps what it held
+            kept = "keeps its earlier file" if Path(args.out).exists() else "was not written"
+            what, where = "the export", f"it is in {path} for inspection; {args.out} {kept}"
         print(
-            f"error: {path} does not match the PyTorch model within the bounds above; the file is kept for "
-            "inspection, do not deploy it",
+            f"error: {what} does not match the PyTorch model within the bounds above; {where}; "
+            "do not deploy it",
             file=sys.stderr,
         )
         return 1

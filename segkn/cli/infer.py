@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from segkn.cli.common import check_output_path
+from segkn.inference.memory import DEFAULT_MAX_PIXELS, MODES
 
 HELP = "segment images: label maps, colour masks, overlays"
 
@@ -31,22 +33,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "labelIds (default: train)",
     )  # fmt: skip
     parser.add_argument(
-        "--mode", choices=("whole", "slide"), help="whole image or sliding window (default: eval.mode)"
-    )
+        "--mode", choices=MODES,
+        help="auto: whole images up to --max-pixels when they fit in memory, sliding windows over larger "
+        "ones; whole: every image whole (refused when it cannot fit); slide: windows of --crop-size "
+        "(default: slide if the checkpoint's eval.mode is slide, else auto)",
+    )  # fmt: skip
     parser.add_argument(
-        "--crop-size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="sliding window size (default: eval.crop_size)",
-    )
+        "--max-pixels", type=int, metavar="N",
+        help=f"mode auto: largest image run whole, in pixels (default: {DEFAULT_MAX_PIXELS} = 2048x2048); "
+        "larger ones slide square windows of N/4 pixels",
+    )  # fmt: skip
     parser.add_argument(
-        "--stride",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
+        "--crop-size", type=int, nargs=2, metavar=("H", "W"),
+        help="sliding window size (default: eval.crop_size; in mode auto, from --max-pixels)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stride", type=int, nargs=2, metavar=("H", "W"),
         help="sliding window step (default: 2/3 of the window)",
-    )
+    )  # fmt: skip
     parser.add_argument(
         "--scales", type=float, nargs="+", metavar="S", help="multi-scale TTA, e.g. 0.75 1 1.25"
     )
@@ -83,10 +87,14 @@ def run(args: argparse.Namespace) -> int:
     from segkn.inference import Segmenter
     from segkn.inference.batch import collect_images, segment_files
 
+    out = check_output_path(args.out, "--out", folder=True)
+    for kind in args.save:
+        check_output_path(out / kind, "--out", folder=True)
     backend = args.backend or ("onnxruntime" if args.onnx and not args.checkpoint else "torch")
     options = {
-        "mode": args.mode, "crop_size": args.crop_size, "stride": args.stride, "scales": args.scales,
-        "flip": args.flip, "compile": args.compile, "channels_last": args.channels_last,
+        "mode": args.mode, "max_pixels": args.max_pixels, "crop_size": args.crop_size,
+        "stride": args.stride, "scales": args.scales, "flip": args.flip, "compile": args.compile,
+        "channels_last": args.channels_last,
     }  # fmt: skip
     if backend == "torch":
         if not args.checkpoint:
@@ -96,12 +104,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.onnx:
             raise ValueError("infer: --backend onnxruntime needs --onnx FILE (export one with segkn export)")
         segmenter = Segmenter.from_onnx(args.onnx, device=args.device, **options)
-    out = Path(args.out)
     pairs = collect_images(args.inputs, exclude=out)
     print(f"{len(pairs)} image(s); {segmenter!r}; backend {backend}", file=sys.stderr)
     summary = segment_files(
         segmenter, pairs, out, args.save, args.ids, args.batch_size, args.alpha, not args.no_progress
     )
     print(summary.text())
-    print(f"outputs: {', '.join(str(out / kind) for kind in args.save)}")
+    if summary.written:  # each image written fills every folder of --save; none written, none made
+        print(f"outputs: {', '.join(str(out / kind) for kind in args.save)}")
     return 1 if summary.failed else 0

@@ -1,7 +1,21 @@
-"""Reading images and label maps from disk into the arrays the datasets return."""
+"""Reading images and label maps from disk into the arrays the datasets return.
+
+A file that is cut short (an interrupted copy or download) is refused like any unreadable file rather
+than decoded into an image with made-up pixels: JPEG files must hold their end-of-image marker after
+the image data, PNG files their IEND chunk, and what the decoders report (a truncated BMP or TIFF, a
+JPEG whose data libjpeg finds damaged) goes into the error instead of onto the terminal.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -13,21 +27,121 @@ from segkn.data.errors import DatasetError
 
 __all__ = ["IMAGE_SUFFIXES", "read_image", "read_mask", "write_png"]
 
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # image files segkn reads, lower case
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
+# libjpeg warnings after which pixels are missing or made up (others, such as extraneous bytes between
+# segments, leave the image whole)
+_JPEG_DAMAGE = ("premature end", "bad huffman code", "instead of rst")
+_STDERR_LOCK = threading.Lock()  # one redirection of the process's stderr at a time
+
+
+def _jpeg_scan_start(data: bytes) -> int | None:
+    """Offset of a JPEG's first start-of-scan marker, found by walking its header segments; None if absent."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:  # bytes where a marker belongs: skip them, as libjpeg does
+            i = data.find(b"\xff", i)
+            if i < 0:
+                return None
+            continue
+        marker = data[i + 1]
+        if marker == 0xDA:
+            return i
+        if marker == 0xD9:
+            return None
+        if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # fill byte, or a marker alone
+            i += 1 if marker == 0xFF else 2
+            continue
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def _cut_short(data: bytes) -> str | None:
+    """Why the bytes of an image file are incomplete (its format's end is missing), or None."""
+    if data[:2] == b"\xff\xd8":
+        start = _jpeg_scan_start(data)
+        # the end-of-image marker must follow the image data (which cannot hold FF D9); bytes after it may
+        if start is None or data.rfind(b"\xff\xd9") < start:
+            return "truncated: no JPEG end-of-image marker after the image data"
+    elif data[:8] == _PNG_SIGNATURE and data.rfind(_PNG_END) < 0:
+        return "truncated: no PNG IEND chunk at its end"
+    return None
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """Keep what C libraries write to the process's stderr in the block; the list gets it at the end."""
+    captured: list[str] = []
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr to redirect
+            yield captured
+            return
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode(errors="replace").strip())
+
+
+def _decoder_words(line: str) -> str:
+    """A decoder's message without OpenCV's log prefix and source location."""
+    found = re.search(r"error: \(-?\d+:[^)]*\) (.*?)(?: in function .*)?$", line)
+    return found.group(1) if found else re.sub(r"^\[[^\]]*\]\s+global\s+\S+\s+", "", line)
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    """The bytes of an image or mask file; DatasetError if it is missing, unreadable, empty or cut short."""
+    if not path.is_file():
+        raise DatasetError(f"{what} not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DatasetError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    reason = _cut_short(data) if data else "the file is empty"
+    if reason:
+        raise DatasetError(
+            f"cannot read {what} {path}: the file is corrupt or not an image ({reason}); replace or remove it"
+        )
+    return data
+
+
+def _decode(data: bytes, path: Path) -> np.ndarray:
+    """The stored pixels of an image file's bytes; DatasetError in the decoder's own words if it fails."""
+    failure = ""
+    with _stderr_captured() as said:
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error as err:
+            image, failure = None, str(err)
+    lines = [
+        _decoder_words(line.strip()) for line in "\n".join([*said, failure]).splitlines() if line.strip()
+    ]
+    damage = [line for line in lines if any(word in line.lower() for word in _JPEG_DAMAGE)]
+    if image is None or image.size == 0 or damage:
+        detail = f" ({(damage or lines)[0]})" if lines else ""
+        raise DatasetError(
+            f"cannot read image {path}: the file is corrupt or not an image{detail}; replace or remove it"
+        )
+    for line in lines:
+        log.debug("%s: %s", path, line)
+    return image
 
 
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as an H x W x 3 uint8 RGB array (grey expanded, alpha dropped, 16 bit scaled)."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"image not found: {path}")
     # IMREAD_UNCHANGED keeps the stored pixels as they are (no EXIF rotation), so images stay aligned
     # with their masks, which PIL reads without rotation too.
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise DatasetError(
-            f"cannot read image {path}: the file is corrupt or not an image; replace or remove it"
-        )
+    image = _decode(_read_bytes(path, "image"), path)
     if image.dtype == np.uint16:
         image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     elif image.dtype != np.uint8:
@@ -48,10 +162,9 @@ def read_image(path: str | Path) -> np.ndarray:
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a label map (palette, grey or 16-bit PNG) as an H x W int64 array of class indices."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"mask not found: {path}")
+    data = _read_bytes(path, "mask")
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
             mode = img.mode
             # Palette ('P') images give their palette indices, not colours: those are the labels.

@@ -135,6 +135,29 @@ def _describe_foreign(obj: Any) -> str:
     return f"it is a dict with keys {keys} and no format {FORMAT!r}"
 
 
+def _looks_like_onnx(path: Path) -> bool:
+    """True when the file starts as a serialized ONNX ModelProto does: its fields in number order, the
+    first being ir_version (tag 0x08, a small varint), followed by producer_name, ..., graph."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(3)
+    except OSError:
+        return False
+    return (
+        len(head) == 3 and head[0] == 0x08 and 1 <= head[1] < 0x80 and head[2] in b"\x12\x1a\x22\x28\x32\x3a"
+    )
+
+
+def _onnx_instead(path: Path) -> CheckpointError | None:
+    """The error for an ONNX file given where a checkpoint belongs, or None for other files."""
+    if not _looks_like_onnx(path):
+        return None
+    return CheckpointError(
+        f"{path}: this is an ONNX model file, not a segkn checkpoint; run it with `segkn infer --onnx "
+        f"{path}` (Segmenter.from_onnx), and pass --checkpoint the .pth file it was exported from"
+    )
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a segkn checkpoint with torch.load(weights_only=True); CheckpointError if it is not one."""
     path = Path(path)
@@ -145,6 +168,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        if onnx_error := _onnx_instead(path):
+            raise onnx_error from None
         detail = _refusal_detail(err)
         if detail is None:
             raise CheckpointError(
@@ -158,6 +183,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     except MemoryError:
         raise
     except Exception as err:  # torch raises RuntimeError, EOFError, KeyError, ... for damaged files
+        if onnx_error := _onnx_instead(path):
+            raise onnx_error from None
         raise CheckpointError(
             f"{path}: cannot read the checkpoint; the file is truncated or corrupt, or is not a PyTorch file "
             f"({first_line(err)})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,7 @@ from segkn.inference.metadata import (
     encode_metadata,
     model_config,
 )
-from segkn.inference.runtime import OnnxError
+from segkn.inference.runtime import MIN_OPSET, OnnxError
 from segkn.inference.verify import (
     DEFAULT_ATOL,
     DEFAULT_MIN_AGREEMENT,
@@ -54,6 +55,7 @@ __all__ = [
     "default_verify_sizes",
     "export_checkpoint",
     "export_onnx",
+    "failed_path",
     "file_sha256",
     "verification_image",
     "verify_checkpoint",
@@ -61,9 +63,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# torch's dynamo exporter writes opset 18 and cannot convert segkn graphs (their Pad) down to 17.
-MIN_OPSET = 18
 
 
 def _quiet_export(model: nn.Module, sample: torch.Tensor, opset: int) -> Any:
@@ -103,7 +102,7 @@ def export_onnx(
     path: str | Path,
     *,
     sample_size: int | Sequence[int] = (512, 512),
-    opset: int = 18,
+    opset: int = MIN_OPSET,
     fp16: bool = False,
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -168,7 +167,7 @@ def export_checkpoint(
     out: str | Path,
     *,
     sample_size: int | Sequence[int] | None = None,
-    opset: int = 18,
+    opset: int = MIN_OPSET,
     fp16: bool = False,
     verify: bool = True,
     verify_sizes: Sequence[Sequence[int]] | None = None,
@@ -179,23 +178,36 @@ def export_checkpoint(
     against the checkpoint's PyTorch model at ``verify_sizes`` (default: ``default_verify_sizes``).
 
     ``sample_size`` defaults to the checkpoint's ``data.crop_size``. The checkpoint is read with the
-    safe loader (CheckpointError propagates). A file that fails verification is kept, so that it can
-    be inspected: the caller decides (the CLI exits non-zero and says so).
+    safe loader (CheckpointError propagates). A verified export is written as ``<stem>.unverified.onnx``
+    beside ``out`` first and takes ``out``'s place only when it passes; one that fails goes to
+    ``failed_path(out)`` for inspection and a file already at ``out`` stays as it was. Returns where
+    the export is and the report (None without ``verify``); the caller reports a failure (the CLI exits 1).
     """
     from segkn.engine.checkpoint import model_from_checkpoint
 
-    checkpoint = Path(checkpoint)
+    checkpoint, out = Path(checkpoint), Path(out)
     model, ckpt = model_from_checkpoint(checkpoint)
     sha256 = file_sha256(checkpoint)
-    size = (
-        to_pair(sample_size, "sample_size", positive=True)
-        if sample_size is not None
-        else checkpoint_sample_size(ckpt)
-    )
-    path = export_onnx(
-        model, out, sample_size=size, opset=opset, fp16=fp16, metadata=checkpoint_metadata(ckpt, sha256)
-    )
+    if sample_size is None:
+        size = checkpoint_sample_size(ckpt)
+    else:
+        size = to_pair(sample_size, "sample_size", positive=True)
+    metadata = checkpoint_metadata(ckpt, sha256)
     if not verify:
-        return path, None
-    sizes = verify_sizes or default_verify_sizes(size, model.size_divisor)
-    return path, verify_onnx(model, path, sizes, atol=atol, min_agreement=min_agreement)
+        return export_onnx(model, out, sample_size=size, opset=opset, fp16=fp16, metadata=metadata), None
+    candidate = out.with_name(f"{out.stem}.unverified.onnx")
+    try:
+        export_onnx(model, candidate, sample_size=size, opset=opset, fp16=fp16, metadata=metadata)
+        sizes = verify_sizes or default_verify_sizes(size, model.size_divisor)
+        report = verify_onnx(model, candidate, sizes, atol=atol, min_agreement=min_agreement)
+        path = out if report.passed else failed_path(out)
+        os.replace(candidate, path)
+    finally:
+        candidate.unlink(missing_ok=True)
+    return path, report
+
+
+def failed_path(out: str | Path) -> Path:
+    """Where ``export_checkpoint`` puts an export to ``out`` that fails verification: <stem>.failed.onnx."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.failed.onnx")

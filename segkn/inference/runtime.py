@@ -17,6 +17,7 @@ __all__ = [
     "FORMAT_VERSION",
     "JSON_KEYS",
     "METADATA_KEYS",
+    "MIN_OPSET",
     "OnnxError",
     "OnnxModel",
     "read_metadata",
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "segkn-onnx"
 FORMAT_VERSION = 1
+# torch's dynamo exporter writes opset 18 and cannot convert segkn graphs (their Pad) down to 17.
+MIN_OPSET = 18
 PREFIX = "segkn."
 # Every segkn metadata entry, without the "segkn." prefix that it carries in the ONNX file.
 METADATA_KEYS = (
@@ -72,6 +75,14 @@ def _load_proto(path: Path) -> Any:
 
     if not path.is_file():
         raise OnnxError(f"{path}: ONNX file not found" if not path.exists() else f"{path}: not a file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04" or head[:1] == b"\x80":  # a zip archive (torch.save) or a pickle
+        raise OnnxError(
+            f"{path}: this is a PyTorch file (a segkn checkpoint?), not an ONNX model; pass it with "
+            f"--checkpoint (Segmenter.from_checkpoint), or export it first: segkn export --checkpoint {path} "
+            "--out MODEL.onnx"
+        )
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf raises DecodeError, RuntimeWarning-like errors, ... for other files

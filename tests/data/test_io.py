@@ -69,3 +69,64 @@ def test_unreadable_files_raise_naming_the_file(tmp_path: Path, reader) -> None:
         reader(tmp_path / "broken.png")
     with pytest.raises(DatasetError, match="absent.png"):
         reader(tmp_path / "absent.png")
+
+
+def _smooth_image(h: int = 120, w: int = 160) -> np.ndarray:
+    noise = np.random.default_rng(0).integers(0, 256, (h, w, 3)).astype(np.uint8)
+    return cv2.GaussianBlur(noise, (9, 9), 3)
+
+
+def _encoded(suffix: str) -> bytes:
+    ok, data = cv2.imencode(suffix, _smooth_image())
+    assert ok
+    return data.tobytes()
+
+
+def _cut_jpeg_with_end_marker() -> bytes:
+    jpeg = _encoded(".jpg")
+    return jpeg[: len(jpeg) // 2] + b"\xff\xd9"  # libjpeg: "Corrupt JPEG data: premature end of data segment"
+
+
+CUT_SHORT = {
+    "truncated.jpg": lambda: _encoded(".jpg")[:-300],
+    "damaged.jpg": _cut_jpeg_with_end_marker,
+    "truncated.png": lambda: _encoded(".png")[:-12],  # every pixel there, the IEND chunk cut off
+    "half.png": lambda: _encoded(".png")[: len(_encoded(".png")) // 2],
+    "truncated.bmp": lambda: _encoded(".bmp")[:-1],
+    "truncated.tif": lambda: _encoded(".tif")[:-1],
+    "truncated.tiff": lambda: _encoded(".tiff")[: len(_encoded(".tiff")) // 2],
+    "empty.png": lambda: b"",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CUT_SHORT))
+def test_truncated_or_damaged_images_are_unreadable(tmp_path: Path, capfd, name: str) -> None:
+    (tmp_path / name).write_bytes(CUT_SHORT[name]())
+    with pytest.raises(DatasetError, match=f"cannot read image .*{name}.*replace or remove it"):
+        read_image(tmp_path / name)
+    err = capfd.readouterr().err  # the decoders' own complaints go into the error, not onto the terminal
+    assert "Corrupt JPEG" not in err and "Premature end" not in err and "libpng" not in err, err
+    assert "ERROR" not in err, err
+
+
+def test_truncated_mask_is_unreadable(tmp_path: Path) -> None:
+    labels = np.array([[0, 1, 2], [15, 20, 255]], dtype=np.uint8)
+    write_palette_png(tmp_path / "m.png", labels)
+    whole = (tmp_path / "m.png").read_bytes()
+    (tmp_path / "m.png").write_bytes(whole[:-12])
+    with pytest.raises(DatasetError, match="cannot read mask .*m.png: .*truncated: no PNG IEND chunk"):
+        read_mask(tmp_path / "m.png")
+
+
+def test_complete_images_with_trailing_bytes_or_progressive_scans_are_read(tmp_path: Path) -> None:
+    jpeg = _encoded(".jpg")
+    expected = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    (tmp_path / "padded.jpg").write_bytes(jpeg + b"\x00" * 64)  # zero padding after the end marker
+    (tmp_path / "trailer.jpg").write_bytes(jpeg + b"camera trailer")
+    for name in ("padded.jpg", "trailer.jpg"):
+        np.testing.assert_array_equal(read_image(tmp_path / name), expected)
+    Image.fromarray(_smooth_image()).save(tmp_path / "progressive.jpg", progressive=True)
+    assert read_image(tmp_path / "progressive.jpg").shape == (120, 160, 3)
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "progressive.jpg").read_bytes()[:-200])
+    with pytest.raises(DatasetError, match="cut.jpg: .*truncated: no JPEG end-of-image marker"):
+        read_image(tmp_path / "cut.jpg")

@@ -206,3 +206,21 @@ def test_rng_round_trip_through_checkpoint(tmp_path):
     draw()  # move every generator on
     restore_rng_state(load_checkpoint(path)["rng"])
     assert draw() == expected
+
+
+def test_an_onnx_file_given_as_a_checkpoint_is_named_as_one(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["logits"])], "g", [x], [y])
+    for name, producer in [("model.onnx", "pytorch"), ("exported.pth", "")]:  # by content, not by name
+        model = helper.make_model(graph, producer_name=producer)
+        onnx.save(model, str(tmp_path / name))
+        with pytest.raises(
+            CheckpointError, match=rf"{name}: this is an ONNX model file, not a segkn checkpoint"
+        ):
+            load_checkpoint(tmp_path / name)
+    with pytest.raises(CheckpointError, match="segkn infer --onnx"):
+        load_checkpoint(tmp_path / "model.onnx")

@@ -270,6 +270,7 @@ def test_export_checkpoint_and_verify_it(tiny_checkpoint, tmp_path, one_thread) 
     ckpt = tiny_checkpoint("a.pth", data={"crop_size": [48, 64]})
     path, report = export_checkpoint(ckpt, tmp_path / "a.onnx")
     assert report is not None and report.passed, report.table()
+    assert path == tmp_path / "a.onnx" and sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a.pth"]
     assert report.sizes[0] == (48, 64) and len(report.sizes) == 3
     meta = read_metadata(path)
     assert meta["checkpoint_sha256"] == file_sha256(ckpt)

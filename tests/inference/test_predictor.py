@@ -85,6 +85,71 @@ def test_eval_settings_come_from_the_checkpoint_and_can_be_overridden(tiny_check
     assert (whole.mode, whole.flip, whole.scales) == ("whole", False, [0.5, 1.0])
 
 
+def _far_from_window_borders(h: int, w: int, window: int, step: int, margin: int) -> np.ndarray:
+    """Pixels at least ``margin`` from every edge that a sliding window (placed as slide_logits places
+    them, over the image padded to a multiple of 8) has inside the image."""
+    ph, pw = -(-h // 8) * 8, -(-w // 8) * 8
+    near = np.zeros((ph, pw), bool)
+    for y in sorted({min(r * step, ph - window) for r in range(ph // step + 1)}):
+        for x in sorted({min(c * step, pw - window) for c in range(pw // step + 1)}):
+            if y > 0:
+                near[y : y + margin, x : x + window] = True
+            if y + window < ph:
+                near[y + window - margin : y + window, x : x + window] = True
+            if x > 0:
+                near[y : y + window, x : x + margin] = True
+            if x + window < pw:
+                near[y : y + window, x + window - margin : x + window] = True
+    return ~near[:h, :w]
+
+
+def test_auto_mode_slides_large_images_and_matches_the_whole_image_away_from_window_borders(tiny_checkpoint):
+    path = tiny_checkpoint()
+    assert Segmenter.from_checkpoint(path, device="cpu").mode == "auto"  # the default (eval.mode: whole)
+    whole = Segmenter.from_checkpoint(path, device="cpu", mode="whole")
+    auto = Segmenter.from_checkpoint(path, device="cpu", max_pixels=4 * 192 * 192)
+    assert auto.auto_window == [192, 192] and auto.model.size_divisor == 8
+    small = _image(150, 190)  # within max_pixels: one whole-image pass, as in mode whole
+    np.testing.assert_array_equal(auto.predict_proba(small), whole.predict_proba(small))
+
+    seen: list[int] = []  # pixels in each forward pass of the model
+    hook = auto.model.register_forward_pre_hook(
+        lambda _, args: seen.append(args[0][0].numel() // 3 * len(args[0]))
+    )
+    image = _image(500, 601, seed=3)  # 300,500 pixels, not a multiple of the size divisor
+    slid = auto.predict_proba(image)
+    hook.remove()
+    assert len(seen) > 1 and max(seen) <= auto.max_pixels  # windows of 192x192, four at a time
+    expected = whole.predict_proba(image)
+    # windows step 128 (2/3 of the window on the model's grid of 8); the U-Net sees 64 pixels around
+    far = _far_from_window_borders(500, 601, 192, 128, margin=64)
+    assert far.mean() > 0.2
+    np.testing.assert_allclose(slid[:, far], expected[:, far], atol=1e-5)
+    np.testing.assert_array_equal(slid.argmax(0)[far], expected.argmax(0)[far])
+
+
+def test_whole_mode_refuses_an_image_that_cannot_fit_and_auto_slides_what_fits(tiny_checkpoint, monkeypatch):
+    from segkn.inference import predictor
+
+    monkeypatch.setattr(predictor, "available_bytes", lambda device: 64 * 2**20)  # 64 MiB free
+    path = tiny_checkpoint()
+    image = _image(600, 800)
+    whole = Segmenter.from_checkpoint(path, device="cpu", mode="whole")
+    with pytest.raises(
+        ValueError,
+        match=r"whole-image inference of a 600x800 image needs about \d+ MiB, more than the 64 MiB of "
+        r"memory available; use mode auto",
+    ):
+        whole.predict(image)
+    auto = Segmenter.from_checkpoint(path, device="cpu")
+    seen: list[int] = []
+    hook = auto.model.register_forward_pre_hook(lambda _, args: seen.append(args[0].numel() // 3))
+    labels = auto.predict(image)  # 480,000 pixels: below max_pixels, but not within 64 MiB
+    hook.remove()
+    fits = 64 * 2**20 / predictor.whole_image_bytes(1, auto._model_bytes(), auto.num_classes)
+    assert labels.shape == (600, 800) and len(seen) > 1 and max(seen) <= fits < 600 * 800
+
+
 def test_cityscapes_label_ids(tiny_checkpoint, tmp_path):
     from segkn.inference.predictor import dataset_label_ids
 
