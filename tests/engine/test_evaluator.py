@@ -11,23 +11,9 @@ from torch.utils.data import Dataset
 from segkn.engine.evaluator import evaluate, metrics_report, prediction_settings, write_report
 from segkn.engine.loaders import ShardSampler, TrainSampler
 from segkn.engine.metrics import ConfusionMatrix
-from segkn.models import build_model
-from tests.engine.prediction_reference import PositionModel, top2_gap, tta_probabilities
+from tests.engine.prediction_reference import PositionModel, pixelwise_model, top2_gap, tta_probabilities
 
 from ._configs import tiny_config
-
-
-def _pixelwise(num_classes=4, seed=0):
-    """A model whose logits at a pixel depend on that pixel only, so any tiling gives the whole result."""
-    torch.manual_seed(seed)
-    return nn.Conv2d(3, num_classes, kernel_size=1).eval()
-
-
-@pytest.fixture(scope="module")
-def kn_model():
-    torch.manual_seed(0)
-    cfg = {"arch": "unet", "encoder": "knresnet18", "encoder_depth": 3, "num_classes": 3}
-    return build_model({**cfg, "decoder_channels": [16, 16, 16]}).eval()
 
 
 class _Tiny(Dataset):
@@ -60,7 +46,7 @@ def _reference_matrix(model, data, num_classes):
 
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_evaluate_scores_at_the_mask_resolution(batch_size):
-    model, data = _pixelwise(), _Tiny()
+    model, data = pixelwise_model(), _Tiny()
     cm = evaluate(model, data, 4, batch_size=batch_size, progress=False)
     labelled = sum(int((m != 255).sum()) for m in data.masks)
     assert int(cm.mat.sum()) == labelled
@@ -128,7 +114,7 @@ def test_evaluate_scores_slide_and_tta_predictions():
 
 
 def test_evaluate_takes_its_settings_by_keyword():
-    model, data = _pixelwise(), _Tiny(2)
+    model, data = pixelwise_model(), _Tiny(2)
     with pytest.raises(TypeError, match="positional"):
         evaluate(model, data, 4, "cpu", "slide")
     cfg = tiny_config(Path("unused"), eval={"mode": "slide", "crop_size": [6, 6], "scales": [0.5, 1.0]})

@@ -5,24 +5,14 @@
 
 import pytest
 import torch
-from torch import nn
 
-from segkn.models import build_model
 from segkn.models.prediction import predict, predict_logits, same_size_batches, slide_logits
-from tests.engine.prediction_reference import PositionModel, tta_probabilities, window_average
-
-
-def _pixelwise(num_classes=4, seed=0):
-    """A model whose logits at a pixel depend on that pixel only, so any tiling gives the whole result."""
-    torch.manual_seed(seed)
-    return nn.Conv2d(3, num_classes, kernel_size=1).eval()
-
-
-@pytest.fixture(scope="module")
-def kn_model():
-    torch.manual_seed(0)
-    cfg = {"arch": "unet", "encoder": "knresnet18", "encoder_depth": 3, "num_classes": 3}
-    return build_model({**cfg, "decoder_channels": [16, 16, 16]}).eval()
+from tests.engine.prediction_reference import (
+    PositionModel,
+    pixelwise_model,
+    tta_probabilities,
+    window_average,
+)
 
 
 @torch.no_grad()
@@ -45,7 +35,7 @@ def test_slide_with_crop_covering_the_image_equals_whole(kn_model, crop):
 @torch.no_grad()
 @pytest.mark.parametrize(("crop", "stride"), [((16, 16), (16, 16)), ((16, 24), (10, 7)), ((13, 50), (5, 50))])
 def test_slide_windows_tile_the_image_and_average_overlaps(crop, stride):
-    model = _pixelwise()
+    model = pixelwise_model()
     x = torch.rand(3, 3, 37, 45)
     expected = model(x)
     got = slide_logits(model, x, crop, stride, window_batch=3)
@@ -54,7 +44,7 @@ def test_slide_windows_tile_the_image_and_average_overlaps(crop, stride):
 
 @torch.no_grad()
 def test_tta_probabilities_at_the_label_size():
-    model = _pixelwise()
+    model = pixelwise_model()
     x = torch.rand(2, 3, 24, 32)
     plain = predict(model, x)
     torch.testing.assert_close(plain, model(x).softmax(1))
