@@ -46,3 +46,11 @@ def check_output_path(path: str | Path, option: str, folder: bool) -> Path:
     if not os.access(base, os.W_OK | os.X_OK):
         raise ValueError(f"{option} {path}: no permission to write in {base}")
     return path
+
+
+def add_no_progress(parser: argparse.ArgumentParser) -> None:
+    """The ``--no-progress`` switch of train, eval and infer."""
+    parser.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress bars (redirected output never has them: it gets plain log lines)",
+    )  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segkn.cli.common import is_rank0
+from segkn.cli.common import add_no_progress, is_rank0
 
 HELP = "evaluate a checkpoint: mIoU and per-class IoU/Acc"
 
@@ -28,10 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="DIR",
         help="instead of scoring, write full-resolution labelIds PNGs of the split (e.g. test) into DIR",
     )
-    parser.add_argument(
-        "--no-progress", action="store_true",
-        help="no progress bars (redirected output never has them: it gets plain log lines)",
-    )  # fmt: skip
+    add_no_progress(parser)
     return parser
 
 

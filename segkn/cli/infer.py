@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from segkn.cli.common import check_output_path
+from segkn.cli.common import add_no_progress, check_output_path
 from segkn.inference.memory import DEFAULT_MAX_PIXELS, MODES
 
 HELP = "segment images: label maps, colour masks, overlays"
@@ -75,10 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--alpha", type=float, default=0.5, help="overlay opacity of the colour mask (default: 0.5)"
     )
-    parser.add_argument(
-        "--no-progress", action="store_true",
-        help="no progress bar (redirected output never has one: it gets plain log lines)",
-    )  # fmt: skip
+    add_no_progress(parser)
     return parser
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segkn.cli.common import is_rank0
+from segkn.cli.common import add_no_progress, is_rank0
 
 HELP = "train a model from a YAML config, or resume a run"
 
@@ -27,10 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--stop-at", type=int, metavar="N",
         help="stop with a checkpoint after N iterations (the schedule still spans train.iterations)",
     )  # fmt: skip
-    parser.add_argument(
-        "--no-progress", action="store_true",
-        help="no progress bars (redirected output never has them: it gets plain log lines)",
-    )  # fmt: skip
+    add_no_progress(parser)
     return parser
 
 
