@@ -283,6 +283,12 @@ def _check_privacy(cfg: Config, fail: Callable[[str, str], None]) -> None:
         )
     if t.amp == "fp16":
         fail("train.amp", "fp16 (loss scaling) is not supported with privacy: use bf16 or off")
+    if t.lovasz_weight > 0:
+        fail(
+            "train.lovasz_weight",
+            "must be 0 with privacy: the Lovasz term sorts each class's errors with data-dependent steps "
+            "that per-sample gradients cannot trace (train.dice_weight works)",
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segkn.data import IGNORE_INDEX
 
-__all__ = ["SegmentationLoss"]
+__all__ = ["SegmentationLoss", "dice_loss"]
+
+
+def dice_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX, eps: float = 1e-7) -> Tensor:
+    """Multiclass soft Dice loss: ``1 - 2|P n T| / (|P| + |T|)`` per class over the labelled pixels of the
+    whole batch (P: softmax probabilities, T: one-hot labels), 0 for a class that no label has, averaged
+    over all K classes. Free of data-dependent control flow, so ``torch.func.vmap`` can take it per
+    sample (DP-SGD)."""
+    probs = logits.float().softmax(dim=1).flatten(2)  # (N, K, P)
+    labels = target.flatten(1)  # (N, P)
+    labelled = (labels != ignore_index).unsqueeze(1)
+    classes = torch.arange(probs.shape[1], device=labels.device).view(1, -1, 1)
+    onehot = ((labels.unsqueeze(1) == classes) & labelled).to(probs.dtype)
+    probs = probs * labelled
+    intersection = (probs * onehot).sum(dim=(0, 2))
+    cardinality = (probs + onehot).sum(dim=(0, 2))
+    present = onehot.sum(dim=(0, 2)) > 0
+    loss = (1 - 2 * intersection / cardinality.clamp_min(eps)) * present
+    return loss.mean()
 
 
 class SegmentationLoss(nn.Module):
@@ -23,21 +42,18 @@ class SegmentationLoss(nn.Module):
         super().__init__()
         self.ignore_index = ignore_index
         self.dice_weight, self.lovasz_weight = dice_weight, lovasz_weight
-        self.dice = self.lovasz = None
-        if dice_weight > 0 or lovasz_weight > 0:
-            from segmentation_models_pytorch.losses import DiceLoss, LovaszLoss
+        self.lovasz = None
+        if lovasz_weight > 0:
+            from segmentation_models_pytorch.losses import LovaszLoss
 
-            if dice_weight > 0:
-                self.dice = DiceLoss("multiclass", ignore_index=ignore_index)
-            if lovasz_weight > 0:
-                self.lovasz = LovaszLoss("multiclass", ignore_index=ignore_index)
+            self.lovasz = LovaszLoss("multiclass", ignore_index=ignore_index)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         logits = logits.float()
         labelled = (target != self.ignore_index).sum().clamp_min(1)
         loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum") / labelled
-        if self.dice is not None:
-            loss = loss + self.dice_weight * self.dice(logits, target)
+        if self.dice_weight > 0:
+            loss = loss + self.dice_weight * dice_loss(logits, target, self.ignore_index)
         if self.lovasz is not None:
             # smp's Lovasz term is an empty tensor, not 0, when no pixel is labelled
             loss = loss + self.lovasz_weight * self.lovasz(logits, target).sum()
