@@ -160,16 +160,30 @@ class PoissonSteps(Sampler):
 
     Yields the chunks of every step from ``start`` on, forever (a step with no sample: one empty chunk).
     The draws depend only on (seed, step), so a resumed run sees the steps an uninterrupted one would.
+    With ``world_size`` processes, every process makes the same draw over the whole set and keeps the
+    samples ``i`` with ``i % world_size == rank``: the processes' batches together are exactly the one
+    Poisson sample of a single process.
     """
 
-    def __init__(self, length: int, sample_rate: float, batch_size: int, seed: int, start: int = 0) -> None:
+    def __init__(
+        self,
+        length: int,
+        sample_rate: float,
+        batch_size: int,
+        seed: int,
+        start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.length, self.sample_rate, self.batch_size = length, sample_rate, batch_size
-        self.seed, self.start = seed, start
+        self.seed, self.start, self.rank, self.world_size = seed, start, rank, world_size
 
     def chunks(self, step: int) -> list[list[tuple[int, int]]]:
-        """The draws ``(index, sample_seed)`` of ``step``, in chunks of at most ``batch_size``."""
+        """This process's draws ``(index, sample_seed)`` of ``step``, in chunks of at most ``batch_size``."""
         g = torch.Generator().manual_seed(_derived_seed(self.seed, _POISSON, step))
-        chosen = (torch.rand(self.length, generator=g) < self.sample_rate).nonzero().flatten().tolist()
+        joined = torch.rand(self.length, generator=g) < self.sample_rate
+        chosen = joined[self.rank :: self.world_size].nonzero().flatten().mul(self.world_size).add(self.rank)
+        chosen = chosen.tolist()
         draws = [(i, _derived_seed(self.seed, _DRAW, step, i)) for i in chosen]
         return [draws[i : i + self.batch_size] for i in range(0, len(draws), self.batch_size)] or [[]]
 
@@ -192,9 +206,12 @@ def poisson_batches(
     start: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[list[Any]]:
-    """Each step's batch from ``start`` on as a list of chunks ``(images, masks)`` (None: no sample)."""
-    steps = PoissonSteps(len(dataset), sample_rate, batch_size, seed, start)  # type: ignore[arg-type]
+    """Each step's batch (this process's part, see `PoissonSteps`) from ``start`` on as a list of chunks
+    ``(images, masks)`` (None: no sample)."""
+    steps = PoissonSteps(len(dataset), sample_rate, batch_size, seed, start, rank, world_size)  # type: ignore[arg-type]
     loader = DataLoader(
         SeededDraws(dataset),
         batch_sampler=steps,

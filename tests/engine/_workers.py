@@ -28,3 +28,43 @@ def reduce_worker(rank, world_size, init_file, out_dir):
         torch.save(cm.mat, f"{out_dir}/reduced{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def private_worker(rank, world_size, port, config, out_dir):
+    """One process of a private run: first one DP step on a model whose big parameter gets no gradient
+    (its update is the noise alone), then ``train(config)``; the noise update is saved per rank."""
+    import os
+
+    from torch import nn
+
+    from segkn.config import PrivacyConfig, config_from_dict
+    from segkn.engine import distributed
+    from segkn.engine.losses import SegmentationLoss
+    from segkn.engine.privacy import PrivateTraining, private_step
+    from segkn.engine.trainer import train
+
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+
+    class Pixelwise(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Conv2d(3, 3, 1)
+            self.unused = nn.Parameter(torch.zeros(50_000))
+
+        def forward(self, x):
+            return self.head(x)
+
+    with distributed.process_group("cpu"):
+        torch.manual_seed(0)
+        model = Pixelwise()
+        sgd = torch.optim.SGD(model.parameters(), lr=1.0)
+        settings = PrivacyConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0)
+        private = PrivateTraining(settings, model, sgd, 100, batch_size=1, accumulate=1, iterations=1)
+        images, masks = torch.randn(1, 3, 4, 4), torch.randint(0, 3, (1, 4, 4))
+        private_step(model, [(images, masks)], SegmentationLoss(), private.optimizer)
+        torch.save(model.unused.detach().clone(), f"{out_dir}/noise{rank}.pt")
+    train(config_from_dict(config))

@@ -5,7 +5,6 @@ import torch
 from opacus.optimizers import DPOptimizer
 
 from segkn.config import ConfigError
-from segkn.engine import distributed
 from segkn.engine.checkpoint import load_checkpoint
 from segkn.engine.loaders import PoissonSteps
 from segkn.engine.losses import SegmentationLoss
@@ -70,6 +69,22 @@ def test_per_sample_gradients_equal_a_loop_over_samples(arch, encoder, norm):
         for name, g in expected.items():
             torch.testing.assert_close(grads[name][i], g, rtol=0, atol=1e-6, msg=f"sample {i}: {name}")
         assert losses[i].item() == pytest.approx(criterion(model(images[i : i + 1]), masks[i : i + 1]).item())
+
+
+def test_per_sample_gradients_with_the_dice_term_equal_a_loop_over_samples():
+    torch.manual_seed(0)
+    model = _model("unet", "knresnet18", "kn").double().train()
+    criterion = SegmentationLoss(dice_weight=0.5)  # each sample's own Dice, as in a batch of one
+    images, masks = _batch(3)
+    grads, _ = per_sample_gradients(model, criterion, images, masks)
+    for i, expected in enumerate(_loop_gradients(model, criterion, images, masks)):
+        for name, g in expected.items():
+            torch.testing.assert_close(grads[name][i], g, rtol=0, atol=1e-6, msg=f"sample {i}: {name}")
+
+
+def test_the_lovasz_term_is_refused_with_privacy(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.lovasz_weight.*must be 0 with privacy.*dice_weight works"):
+        tiny_config(tmp_path, privacy=DP, train={"lovasz_weight": 0.5})
 
 
 def _dp_optimizer(model, noise=0.0, clip=1.0, expected_batch=3, seed=None):
@@ -155,12 +170,14 @@ def test_a_model_with_batchnorm_is_refused(tmp_path, norm, decoder_norm):
         make_private(cfg, model, optimizer, 8)
 
 
-def test_several_processes_are_refused(tmp_path, monkeypatch):
-    cfg = tiny_config(tmp_path, privacy={"enabled": True, "noise_multiplier": 1.0})
-    monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    model = build_model(cfg.model.to_dict() | {"num_classes": 5})
-    with pytest.raises(ConfigError, match="several processes is not supported"):
-        make_private(cfg, model, torch.optim.SGD(model.parameters(), lr=0.1), 8)
+def test_poisson_steps_of_several_processes_make_up_the_one_process_draw():
+    one = PoissonSteps(40, 0.3, 4, seed=5)
+    parts = [PoissonSteps(40, 0.3, 4, seed=5, rank=r, world_size=3) for r in range(3)]
+    for step in range(3):
+        whole = [d for chunk in one.chunks(step) for d in chunk]
+        split = [[d for chunk in p.chunks(step) for d in chunk] for p in parts]
+        assert all(i % 3 == r for r, part in enumerate(split) for i, _ in part)
+        assert sorted(d for part in split for d in part) == whole and len(whole) > 6
 
 
 def test_poisson_steps_depend_on_seed_and_step_only():
@@ -257,3 +274,39 @@ def test_resume_cannot_switch_privacy_on_or_off(tmp_path):
 def test_a_budget_too_small_for_one_step_trains_nothing(tmp_path):
     cfg = tiny_config(tmp_path, privacy={**DP, "max_epsilon": 3.0}, train=QUIET)  # one step spends 3.08
     assert train(cfg)["step"] == 0
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_as_one_with_the_noise_added_once(tmp_path):
+    import torch.multiprocessing as mp
+
+    from ._configs import tiny_dict
+    from ._workers import private_worker
+
+    no_dropout = {"dropout_p": 0.0}
+    one = tiny_config(tmp_path, name="one", model=no_dropout, privacy=DP, train=QUIET)
+    train(one)
+    two = tiny_dict(tmp_path, name="two", model=no_dropout, privacy=DP, train={**QUIET, "batch_size": 1})
+    # fork: the processes start with what this one has imported
+    args = (2, _free_port(), two, str(tmp_path))
+    mp.start_processes(private_worker, args=args, nprocs=2, join=True, start_method="fork")
+
+    # process 0 alone adds N(0, (sigma C)^2) to the sum; the mean divides by the global batch (2)
+    noise = [torch.load(tmp_path / f"noise{r}.pt") for r in range(2)]
+    assert torch.equal(noise[0], noise[1])
+    assert noise[0].std().item() == pytest.approx(1.0 * 1.0 / 2, rel=0.03)  # twice the noise: 0.71
+
+    # the two processes' Poisson parts make up the one process's batch: the same weights and budget
+    run_one, run_two = one.run_path, tmp_path / "runs" / "two"
+    assert _epsilons(run_two) == pytest.approx(_epsilons(run_one))
+    a, b = load_checkpoint(run_one / "last.pth"), load_checkpoint(run_two / "last.pth")
+    assert a["privacy"]["history"] == b["privacy"]["history"] == [[1.0, 0.25, 4]]
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
