@@ -16,17 +16,19 @@ def dice_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX, 
     whole batch (P: softmax probabilities, T: one-hot labels), 0 for a class that no label has, averaged
     over all K classes. Free of data-dependent control flow, so ``torch.func.vmap`` can take it per
     sample (DP-SGD)."""
-    probs = logits.float().softmax(dim=1).flatten(2)  # (N, K, P)
+    probs = logits.float().log_softmax(dim=1).exp().flatten(2)  # (N, K, P), computed as smp computes it
     labels = target.flatten(1)  # (N, P)
     labelled = (labels != ignore_index).unsqueeze(1)
-    classes = torch.arange(probs.shape[1], device=labels.device).view(1, -1, 1)
-    onehot = ((labels.unsqueeze(1) == classes) & labelled).to(probs.dtype)
+    classes = torch.arange(probs.shape[1], device=labels.device)
+    onehot = ((labels.unsqueeze(2) == classes).permute(0, 2, 1) & labelled).to(probs.dtype)
     probs = probs * labelled
-    intersection = (probs * onehot).sum(dim=(0, 2))
-    cardinality = (probs + onehot).sum(dim=(0, 2))
-    present = onehot.sum(dim=(0, 2)) > 0
-    loss = (1 - 2 * intersection / cardinality.clamp_min(eps)) * present
-    return loss.mean()
+    # |P n T| = (|P| + |T| - |P - T|_1) / 2 and 2|P n T| / (|P| + |T|) in the Tversky form (alpha = beta =
+    # 1/2), the order of operations of segmentation_models_pytorch's DiceLoss, so that results match it
+    p_sum, t_sum = probs.sum(dim=(0, 2)), onehot.sum(dim=(0, 2))
+    intersection = (p_sum + t_sum - torch.linalg.vector_norm(probs - onehot, ord=1, dim=(0, 2))) / 2
+    fp, fn = p_sum - intersection, t_sum - intersection
+    score = intersection / (intersection + 0.5 * fp + 0.5 * fn).clamp_min(eps)
+    return ((1.0 - score) * (t_sum > 0)).mean()
 
 
 class SegmentationLoss(nn.Module):

@@ -120,3 +120,19 @@ def test_half_precision_logits_are_scored_in_float32():
     assert half.dtype == torch.float32
     rounded = logits.to(torch.bfloat16).double()
     assert half.item() == pytest.approx(cross_entropy(rounded, target) + dice(rounded, target), rel=1e-5)
+
+
+def test_dice_term_equals_segmentation_models_pytorch_bit_for_bit():
+    from segmentation_models_pytorch.losses import DiceLoss
+
+    from segkn.engine.losses import dice_loss
+
+    torch.manual_seed(0)
+    for shape in [(4, 3, 16, 16), (2, 5, 7, 9)]:
+        logits = torch.randn(*shape, requires_grad=True)
+        target = torch.randint(0, shape[1], (shape[0], *shape[2:]))
+        target[0, :2] = 255
+        theirs = DiceLoss("multiclass", ignore_index=255)(logits, target)
+        ours = dice_loss(logits, target)
+        assert torch.equal(ours, theirs)
+        assert torch.equal(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(theirs, logits)[0])
