@@ -118,10 +118,10 @@ def run(args: argparse.Namespace) -> int:
         segmenter = Segmenter.from_onnx(args.onnx, device=args.device, **options)
     pairs = collect_inputs(args.inputs, exclude=out)
     videos = sum(is_video(source) for source, _ in pairs)
-    counts = ", ".join(
-        f"{n} {what}(s)" for n, what in ((len(pairs) - videos, "image"), (videos, "video")) if n or not videos
-    )
-    print(f"{counts}; {segmenter!r}; backend {backend}", file=sys.stderr)
+    images = len(pairs) - videos
+    counts = [f"{images} image(s)"] if images or not videos else []
+    counts += [f"{videos} video(s)"] if videos else []
+    print(f"{', '.join(counts)}; {segmenter!r}; backend {backend}", file=sys.stderr)
     summary = segment_files(
         segmenter, pairs, out, args.save, args.ids, args.batch_size, args.alpha, not args.no_progress,
         args.every,

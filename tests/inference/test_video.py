@@ -82,7 +82,9 @@ def test_infer_writes_label_maps_per_frame_and_colour_and_overlay_videos(tmp_pat
     out = tmp_path / "out"
     argv = ["infer", "--checkpoint", str(ckpt), str(tmp_path / "in"), "--out", str(out), "--no-progress"]
     assert main([*argv, "--save", "label", "color", "overlay", "--batch-size", "3"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert captured.err.startswith("1 image(s), 2 video(s); Segmenter(")
+    printed = captured.out
     assert "segmented 1 image(s)" in printed and "segmented 2 video(s), 16 frame(s)" in printed
     assert (out / "label" / "photo.png").is_file()
     for source, name in [
