@@ -208,7 +208,7 @@ class VideoWriter:
         return self.path
 
     def discard(self) -> None:
-        """Drop the unfinished file; the final name is left as it was."""
+        """Drop the unfinished file (nothing once committed); the final name is left as it was."""
         self._writer.release()
         self._tmp.unlink(missing_ok=True)
 
@@ -256,7 +256,8 @@ def segment_video(
     ids, or the dataset's ids with ``ids="dataset"``), ``color/<name>.mp4`` (colour masks) and
     ``overlay/<name>.mp4`` (masks blended over the frames), videos of the input's frame size at its frame
     rate divided by ``every`` (so they last as long as the input). ``name`` defaults to the file's stem.
-    DatasetError for a video that cannot be read (nothing is written then).
+    DatasetError for a video that cannot be read (nothing is written then). The output videos appear
+    only when complete; a video that ends before its header's frame count keeps what was read.
     """
     source = Path(source)
     name = Path(name) if name is not None else Path(source.stem)
@@ -281,19 +282,18 @@ def segment_video(
                             if kind in save:
                                 writers[kind] = VideoWriter(out_dir / kind / name, result.fps, size)
                     for index, frame in batch:
-                        if frame.shape[:2] != size:
+                        if writers and frame.shape[:2] != size:
                             raise DatasetError(
-                                f"cannot read video {source}: frame {index} is {frame.shape[0]}x"
-                                f"{frame.shape[1]}, the first {size[0]}x{size[1]}; segkn needs one frame size"
+                                f"video {source}: frame {index} is {frame.shape[0]}x{frame.shape[1]}, the "
+                                f"first {size[0]}x{size[1]}; segkn writes videos of one frame size"
                             )
                     _segment_frames(segmenter, batch, writers, out_dir / "label" / name, save, ids, alpha)
                     result.frames += len(batch)
                     bar.update(len(batch))
-        except BaseException:
+            result.outputs = [writer.commit() for writer in writers.values()]
+        finally:  # a writer not committed leaves no file
             for writer in writers.values():
                 writer.discard()
-            raise
-        result.outputs = [writer.commit() for writer in writers.values()]
         if "label" in save:
             result.outputs.append(out_dir / "label" / name)
         result.read, result.stop_reason = reader.read, reader.stop_reason
