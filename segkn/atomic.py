@@ -10,14 +10,43 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "temp_files"]
+__all__ = ["atomic_open", "commit_temp", "temp_beside", "temp_files"]
 
 # the temp file of ``<name>`` is ``.<name>.<8 hex digits>.tmp`` beside it
 _TEMP = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")
 
 
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+def temp_beside(path: str | Path, keep_suffix: bool = False) -> Path:
+    """A new temp file name for a write to ``path``: ``.<name>.<8 hex digits>.tmp`` in the same folder.
+
+    ``keep_suffix`` appends ``path``'s suffix (``.clip.mp4.1a2b3c4d.tmp.mp4``), for writers that pick the
+    file format by the name, such as OpenCV's video writer.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix if keep_suffix else ''}")
+
+
+def commit_temp(tmp: Path, path: Path) -> None:
+    """Flush the finished, closed file ``tmp`` to disk and rename it to ``path``, durably where possible."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; not possible on every platform."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def temp_files(folder: str | Path, names: Iterable[str]) -> list[Path]:
@@ -48,7 +77,7 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
+    tmp = temp_beside(path)
     try:
         with open(tmp, mode.replace("w", "x"), **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
@@ -58,11 +87,4 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable; not possible on every platform
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    _sync_folder(path.parent)

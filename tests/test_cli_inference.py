@@ -163,7 +163,7 @@ def test_infer_usage_errors(tmp_path, inputs, capsys):
     )
     assert "needs --onnx" in _error_line(capsys)
     assert main(["infer", "--checkpoint", str(ckpt), str(tmp_path / "nothing.png"), "--out", out]) == 2
-    assert "nothing.png: no such image file or folder" in _error_line(capsys)
+    assert "nothing.png: no such image or video file or folder" in _error_line(capsys)
     assert main(["infer", str(inputs["a"]), "--out", out]) == 2
     assert "--checkpoint" in _error_line(capsys)
     assert not Path(out).exists()
@@ -354,3 +354,30 @@ def test_export_help_states_the_oldest_opset_that_export_accepts(tmp_path, capsy
     monkeypatch.setattr(export, "_quiet_export", stop)  # the opset passed the check: stop right there
     with pytest.raises(Exporting):
         export.export_onnx(model, tmp_path / "oldest.onnx", opset=oldest)
+
+
+def test_a_video_through_onnxruntime_gives_the_labels_of_the_torch_backend(tmp_path, demo_onnx, capsys):
+    from tests.inference.test_video import decode, shapes_frames, write_video
+
+    clip = write_video(tmp_path / "clip.mp4", shapes_frames())
+    for backend, model in [
+        ("torch", ["--checkpoint", str(DEMO)]),
+        ("onnxruntime", ["--onnx", str(demo_onnx)]),
+    ]:
+        out = ["--out", str(tmp_path / backend), "--save", "label", "overlay", "--batch-size", "4"]
+        assert main(["infer", "--backend", backend, *model, str(clip), *out, "--no-progress"]) == 0
+        assert "segmented 1 video(s), 8 frame(s)" in capsys.readouterr().out
+        assert len(decode(tmp_path / backend / "overlay" / "clip.mp4")[0]) == 8
+    names = sorted(p.name for p in (tmp_path / "torch" / "label" / "clip").iterdir())
+    assert names == [f"{i:06d}.png" for i in range(8)]
+    frames, _ = decode(clip)
+    seg = Segmenter.from_checkpoint(DEMO, device="cpu")
+    for name, frame in zip(names, frames, strict=True):
+        torch_labels = read_mask(tmp_path / "torch" / "label" / "clip" / name)
+        np.testing.assert_array_equal(torch_labels, seg.predict(frame))
+        # the exported graph computes in another order: labels agree wherever the top two classes differ
+        clear = top2_gap(torch.from_numpy(seg.predict_proba(frame))[None])[0].numpy() > 1e-4
+        assert clear.mean() > 0.99
+        onnx_labels = read_mask(tmp_path / "onnxruntime" / "label" / "clip" / name)
+        np.testing.assert_array_equal(onnx_labels[clear], torch_labels[clear])
+        assert len(np.unique(torch_labels)) > 1  # the demo model finds the shapes

@@ -1,4 +1,4 @@
-"""``segkn infer``: segment image files with a checkpoint (PyTorch) or an ONNX file (ONNX Runtime)."""
+"""``segkn infer``: segment images and videos with a checkpoint (PyTorch) or an ONNX file (ONNX Runtime)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import sys
 
 from segkn.cli.common import add_no_progress, check_output_path
 from segkn.inference.memory import DEFAULT_MAX_PIXELS, MODES
+from segkn.inference.video import OUTPUTS
 
-HELP = "segment images: label maps, colour masks, overlays"
+HELP = "segment images and videos: label maps, colour masks, overlays"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT",
-        help="image files (PNG/JPEG/BMP/TIFF), folders (searched recursively) or glob patterns",
+        help="image files (PNG/JPEG/BMP/TIFF), video files (MP4/AVI/MOV/MKV, read through OpenCV), folders "
+        "(searched recursively) or glob patterns",
     )  # fmt: skip
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--checkpoint", metavar="FILE", help="segkn checkpoint (torch backend)")
@@ -24,8 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="run the checkpoint in PyTorch or the ONNX file in ONNX Runtime (default: whichever is given)",
     )  # fmt: skip
     parser.add_argument(
-        "--save", nargs="+", choices=("label", "color", "overlay"), default=["label", "color", "overlay"],
-        help="outputs to write, each into DIR/<output>/ (default: all three)",
+        "--save", nargs="+", choices=OUTPUTS,
+        help="outputs to write, each into DIR/<output>/; a video V gets label/V/<frame index>.png (one label "
+        "map per frame), color/V.mp4 and overlay/V.mp4 (videos of its size and frame rate; MJPG .avi for "
+        "odd sizes) (default: all three for images, overlay for videos)",
     )  # fmt: skip
     parser.add_argument(
         "--ids", choices=("train", "dataset"), default="train",
@@ -58,8 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--flip", action="store_true", default=None, help="add horizontally flipped copies (TTA)"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=1, help="images of one size run together (default: 1)"
-    )
+        "--batch-size", type=int, default=1,
+        help="images of one size, or frames of a video, run together (default: 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--every", type=int, default=1, metavar="N",
+        help="videos: segment every N-th frame (frames 0, N, 2N, ...); the output videos hold those frames "
+        "at the input's frame rate / N, so they last as long as the input (default: 1, every frame)",
+    )  # fmt: skip
     parser.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if present)"
     )
@@ -80,12 +90,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Segment images with a checkpoint (PyTorch) or an ONNX file (ONNX Runtime); write outputs, summarize."""
+    """Segment images and videos with a checkpoint (PyTorch) or an ONNX file (ONNX Runtime); write outputs,
+    summarize."""
     from segkn.inference import Segmenter
-    from segkn.inference.batch import collect_images, segment_files
+    from segkn.inference.batch import collect_inputs, segment_files
+    from segkn.inference.video import is_video
 
+    for option, value in (("--every", args.every), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ValueError(f"infer: {option} takes a number of at least 1, got {value}")
     out = check_output_path(args.out, "--out", folder=True)
-    for kind in args.save:
+    for kind in args.save or OUTPUTS:
         check_output_path(out / kind, "--out", folder=True)
     backend = args.backend or ("onnxruntime" if args.onnx and not args.checkpoint else "torch")
     options = {
@@ -101,12 +116,17 @@ def run(args: argparse.Namespace) -> int:
         if not args.onnx:
             raise ValueError("infer: --backend onnxruntime needs --onnx FILE (export one with segkn export)")
         segmenter = Segmenter.from_onnx(args.onnx, device=args.device, **options)
-    pairs = collect_images(args.inputs, exclude=out)
-    print(f"{len(pairs)} image(s); {segmenter!r}; backend {backend}", file=sys.stderr)
+    pairs = collect_inputs(args.inputs, exclude=out)
+    videos = sum(is_video(source) for source, _ in pairs)
+    images = len(pairs) - videos
+    counts = [f"{images} image(s)"] if images or not videos else []
+    counts += [f"{videos} video(s)"] if videos else []
+    print(f"{', '.join(counts)}; {segmenter!r}; backend {backend}", file=sys.stderr)
     summary = segment_files(
-        segmenter, pairs, out, args.save, args.ids, args.batch_size, args.alpha, not args.no_progress
-    )
+        segmenter, pairs, out, args.save, args.ids, args.batch_size, args.alpha, not args.no_progress,
+        args.every,
+    )  # fmt: skip
     print(summary.text())
-    if summary.written:  # each image written fills every folder of --save; none written, none made
-        print(f"outputs: {', '.join(str(out / kind) for kind in args.save)}")
-    return 1 if summary.failed else 0
+    if summary.folders:  # the folders written into; none written, none made
+        print(f"outputs: {', '.join(str(folder) for folder in summary.folders)}")
+    return 0 if summary.complete else 1

@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from segkn.atomic import atomic_open
 from segkn.data.errors import DatasetError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "read_mask", "write_png"]
+__all__ = ["IMAGE_SUFFIXES", "decoder_words", "read_image", "read_mask", "stderr_captured", "write_png"]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _cut_short(data: bytes) -> str | None:
 
 
 @contextlib.contextmanager
-def _stderr_captured() -> Iterator[list[str]]:
+def stderr_captured() -> Iterator[list[str]]:
     """Keep what C libraries write to the process's stderr in the block; the list gets it at the end."""
     captured: list[str] = []
     with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
@@ -92,7 +92,7 @@ def _stderr_captured() -> Iterator[list[str]]:
             captured.append(sink.read().decode(errors="replace").strip())
 
 
-def _decoder_words(line: str) -> str:
+def decoder_words(line: str) -> str:
     """A decoder's message without OpenCV's log prefix and source location."""
     found = re.search(r"error: \(-?\d+:[^)]*\) (.*?)(?: in function .*)?$", line)
     return found.group(1) if found else re.sub(r"^\[[^\]]*\]\s+global\s+\S+\s+", "", line)
@@ -117,14 +117,12 @@ def _read_bytes(path: Path, what: str) -> bytes:
 def _decode(data: bytes, path: Path) -> np.ndarray:
     """The stored pixels of an image file's bytes; DatasetError in the decoder's own words if it fails."""
     failure = ""
-    with _stderr_captured() as said:
+    with stderr_captured() as said:
         try:
             image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         except cv2.error as err:
             image, failure = None, str(err)
-    lines = [
-        _decoder_words(line.strip()) for line in "\n".join([*said, failure]).splitlines() if line.strip()
-    ]
+    lines = [decoder_words(line.strip()) for line in "\n".join([*said, failure]).splitlines() if line.strip()]
     damage = [line for line in lines if any(word in line.lower() for word in _JPEG_DAMAGE)]
     if image is None or image.size == 0 or damage:
         detail = f" ({(damage or lines)[0]})" if lines else ""

@@ -6,7 +6,7 @@ import pytest
 
 from segkn.data.io import read_mask
 from segkn.inference import Segmenter
-from segkn.inference.batch import collect_images, segment_files
+from segkn.inference.batch import collect_inputs, segment_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,27 +23,27 @@ def test_collect_files_folders_and_globs(tmp_path):
     b = _write(tmp_path / "in" / "sub" / "b.jpg")
     _write(tmp_path / "in" / "sub" / "deeper" / "c.bmp")
     (tmp_path / "in" / "notes.txt").write_text("not an image")
-    pairs = collect_images([tmp_path / "in"])
+    pairs = collect_inputs([tmp_path / "in"])
     assert [str(n) for _, n in pairs] == ["a.png", "sub/b.png", "sub/deeper/c.png"]
-    assert collect_images([b]) == [(b, Path("b.png"))]
-    globbed = collect_images([str(tmp_path / "in" / "**" / "*.jpg")])
+    assert collect_inputs([b]) == [(b, Path("b.png"))]
+    globbed = collect_inputs([str(tmp_path / "in" / "**" / "*.jpg")])
     assert globbed == [(b, Path("sub/b.png"))]
-    assert collect_images([str(tmp_path / "in" / "*.png"), a]) == [(a, Path("a.png"))]  # named twice
+    assert collect_inputs([str(tmp_path / "in" / "*.png"), a]) == [(a, Path("a.png"))]  # named twice
 
 
 def test_collect_skips_the_output_folder_and_reports_bad_inputs(tmp_path):
     _write(tmp_path / "in" / "a.png")
     _write(tmp_path / "in" / "pred" / "label" / "a.png")
-    assert [str(n) for _, n in collect_images([tmp_path / "in"], exclude=tmp_path / "in" / "pred")] == [
+    assert [str(n) for _, n in collect_inputs([tmp_path / "in"], exclude=tmp_path / "in" / "pred")] == [
         "a.png"
     ]
-    with pytest.raises(FileNotFoundError, match="no such image file or folder"):
-        collect_images([tmp_path / "missing.png"])
-    with pytest.raises(FileNotFoundError, match="matches no image"):
-        collect_images([str(tmp_path / "in" / "*.tif")])
+    with pytest.raises(FileNotFoundError, match="no such image or video file or folder"):
+        collect_inputs([tmp_path / "missing.png"])
+    with pytest.raises(FileNotFoundError, match="matches no image or video"):
+        collect_inputs([str(tmp_path / "in" / "*.tif")])
     _write(tmp_path / "in" / "a.jpg")
     with pytest.raises(ValueError, match="would both be written as a.png"):
-        collect_images([tmp_path / "in"], exclude=tmp_path / "in" / "pred")
+        collect_inputs([tmp_path / "in"], exclude=tmp_path / "in" / "pred")
 
 
 def test_segment_files_writes_outputs_and_skips_corrupt_images(tmp_path, tiny_checkpoint):
@@ -52,7 +52,7 @@ def test_segment_files_writes_outputs_and_skips_corrupt_images(tmp_path, tiny_ch
     _write(tmp_path / "in" / "b.png", seed=2)
     _write(tmp_path / "in" / "sub" / "c.tif", h=17, w=31, seed=3)
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    pairs = collect_images([tmp_path / "in"])
+    pairs = collect_inputs([tmp_path / "in"])
     summary = segment_files(seg, pairs, tmp_path / "out", batch_size=2, progress=False)
     assert [p.name for p in summary.written] == ["a.png", "b.png", "c.tif"]
     assert [p.name for p, _ in summary.failed] == ["broken.png"]
@@ -75,7 +75,7 @@ def test_segment_files_dataset_ids_and_selected_outputs(tmp_path, tiny_checkpoin
     _write(tmp_path / "a.png")
     summary = segment_files(
         seg,
-        collect_images([tmp_path / "a.png"]),
+        collect_inputs([tmp_path / "a.png"]),
         tmp_path / "out",
         save=["label"],
         ids="dataset",
