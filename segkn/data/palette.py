@@ -37,7 +37,7 @@ def palette_table(palette: Sequence[Sequence[int]], num_labels: int = 256) -> np
 
 
 def colorize(label_map: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """An H x W x 3 uint8 RGB image with each label painted in its palette colour (ignore: `ignore_colour`)."""
+    """An H x W x 3 uint8 RGB image, each label painted in its palette colour (ignore: `ignore_colour`)."""
     labels = np.asarray(label_map)
     if labels.ndim != 2:
         raise ValueError(f"a label map is H x W, got shape {labels.shape}")
