@@ -145,6 +145,9 @@ class EvalConfig(_Section):
     # `segkn eval` (and the Segmenter's default): model and inputs in channels_last memory format;
     # validation during training follows train.channels_last, the training model's format
     channels_last: bool = False
+    # validation during training: this many val images drawn as image | truth | prediction panels into
+    # TensorBoard and run_dir/vis/<step>/ (the same images every time); 0: none
+    vis_samples: int = limited(4, min=0)
 
 
 @dataclass
