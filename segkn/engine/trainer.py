@@ -97,7 +97,7 @@ class Trainer:
     """One training run: set up (the constructor), `resume`, then `run`, a loop of `step`s.
 
     At their intervals the loop logs the loss, `validate`s (keeping best.pth) and `save`s last.pth. The
-    run directory gets config.yaml, last.pth, best.pth, metrics.jsonl, tensorboard/ and train.log.
+    run directory gets config.yaml, last.pth, best.pth, metrics.jsonl, tensorboard/, train.log and vis/.
     """
 
     def __init__(
