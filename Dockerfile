@@ -27,18 +27,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # wheels and need only libc, libstdc++, libgcc_s and zlib from the system, which the base image has
 # (the headless OpenCV build links neither libGL nor GLib).
 
-# segkn and its pinned dependencies. The image's torch and torchvision already satisfy the pins, so
-# pip keeps them (and their CUDA build); the comparison after the install fails the build if pip
-# replaced either. PIP_BREAK_SYSTEM_PACKAGES lets pip install into the image's Python even where the
+# segkn and its pinned dependencies, with the `viz` extra (matplotlib: the pictures of `segkn eval` and
+# `segkn plot`). The image's torch and torchvision already satisfy the pins, so pip keeps them (and
+# their CUDA build); the comparison after the install fails the build if pip replaced either. PIP_BREAK_SYSTEM_PACKAGES lets pip install into the image's Python even where the
 # image marks it externally managed (PEP 668); pip ignores it otherwise.
 COPY pyproject.toml README.md /tmp/segkn-src/
 COPY segkn /tmp/segkn-src/segkn
 RUN before="$(python -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)')" \
- && PIP_BREAK_SYSTEM_PACKAGES=1 python -m pip install /tmp/segkn-src \
+ && PIP_BREAK_SYSTEM_PACKAGES=1 python -m pip install "/tmp/segkn-src[viz]" \
  && after="$(python -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)')" \
  && echo "torch, torchvision: ${before} -> ${after}" \
  && test "${before}" = "${after}" \
- && python -c "import cv2, onnxruntime, segkn.cli" \
+ && python -c "import cv2, matplotlib, onnxruntime, segkn.cli" \
  && segkn --help > /dev/null \
  && rm -rf /tmp/segkn-src
 

@@ -91,6 +91,9 @@ class DataConfig(_Section):
     photometric: bool = True
     normalize: Literal["none", "imagenet"] | None = None  # null: "none" for norm kn, else "imagenet"
     eval_resize: list[int] | None = limited(None, len=2, min=1)  # eval images resized to [h, w]; null: as is
+    # true: eval_resize [a, b] bounds the long side by max(a, b) and the short one by min(a, b), the
+    # aspect ratio kept (ADE20K: [2048, 512], as mmsegmentation evaluates)
+    eval_keep_ratio: bool = False
     num_workers: int = limited(2, min=0)
     shapes_size: list[int] = limited(list(DEFAULT_SIZE), len=2, min=MIN_SIZE)  # [h, w] of generated images
     shapes_train_length: int = limited(DEFAULT_LENGTH["train"], min=1)
@@ -142,6 +145,9 @@ class EvalConfig(_Section):
     # `segkn eval` (and the Segmenter's default): model and inputs in channels_last memory format;
     # validation during training follows train.channels_last, the training model's format
     channels_last: bool = False
+    # validation during training: this many val images drawn as image | truth | prediction panels into
+    # TensorBoard and run_dir/vis/<step>/ (the same images every time); 0: none
+    vis_samples: int = limited(4, min=0)
 
 
 @dataclass
@@ -263,6 +269,10 @@ def _check_consistency(cfg: Config, source: str) -> None:
         fail("train.min_lr", f"{train.min_lr} is above train.lr ({train.lr}); min_lr is an absolute lr")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", train.device):
         fail("train.device", f"expected auto, cpu, cuda or cuda:N, got {train.device!r}")
+    if data.eval_keep_ratio and data.eval_resize is None:
+        fail(
+            "data.eval_keep_ratio", "needs data.eval_resize, the [long, short] size to fit, e.g. [2048, 512]"
+        )
     if ev.crop_size is not None and ev.stride is not None:
         if any(s > c for s, c in zip(ev.stride, ev.crop_size, strict=True)):
             fail("eval.stride", f"{ev.stride} exceeds eval.crop_size {ev.crop_size}: windows skip pixels")

@@ -131,6 +131,7 @@ def test_unknown_override_key(tmp_path):
         ("eval:\n  compile: 1\n", "eval.compile: expected one of auto, true, false, got 1"),
         ("eval:\n  compile: aut\n", "did you mean 'auto'"),
         ("train:\n  channels_last: auto\n", "train.channels_last: expected true or false, got 'auto'"),
+        ("data:\n  eval_keep_ratio: true\n", "data.eval_keep_ratio: needs data.eval_resize"),
     ],
 )
 def test_invalid_values(tmp_path, text, expected):

@@ -529,11 +529,19 @@ def test_run_steps_are_plausible_and_install_the_pinned_project(instructions, pr
                 if name in ("torch", "torchvision"):
                     assert target == f"{name}=={pins[name]}", f"line {ins.line}: {target!r} is not the pin"
                 if target.startswith(("/", ".")):  # the project, from the files COPY put there
-                    folder = PurePosixPath(target)
+                    path, extras = re.fullmatch(r"([^\[]+)(?:\[([\w,-]+)\])?", target).groups()
+                    folder = PurePosixPath(path)
                     assert copied.get(str(folder / "pyproject.toml")) == "pyproject.toml", target
                     assert copied.get(str(folder / "segkn")) == "segkn", target
                     assert ins.args.count("torch.__version__") >= 2 and "test " in ins.args, (
                         f"line {ins.line}: compare torch's version before and after the install"
+                    )
+                    # segkn eval's pictures and segkn plot need matplotlib: the viz extra, imported after
+                    assert "viz" in (extras or "").split(","), f"line {ins.line}: install {path}[viz]"
+                    viz = project["optional-dependencies"]["viz"]
+                    assert any(r.startswith("matplotlib") for r in viz), "the viz extra is matplotlib"
+                    assert re.search(r"python -c \"import [^\"]*\bmatplotlib\b", ins.args), (
+                        f"line {ins.line}: the install check imports matplotlib"
                     )
                     installs += 1
     assert installs == 1, "exactly one RUN pip-installs the project (with its pins)"

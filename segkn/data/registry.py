@@ -76,6 +76,7 @@ def data_settings(data: Any) -> dict[str, Any]:
         "photometric": data.photometric,
         "normalize": data.normalize or "none",
         "eval_resize": data.eval_resize,
+        "eval_keep_ratio": data.eval_keep_ratio,
     }
 
 

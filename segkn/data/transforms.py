@@ -9,6 +9,9 @@ Keys read from the mapping (others are ignored; all optional):
 - ``hflip``: probability of a horizontal flip, default 0.5.
 - ``photometric``: true (default), false, or {brightness, contrast, saturation, hue, p}.
 - ``eval_resize``: int (shorter side) or [h, w]; evaluation resizes the image to it.
+- ``eval_keep_ratio``: bool, default false: with an [a, b] ``eval_resize``, evaluation resizes the image
+  keeping its aspect ratio to the largest size whose long side is at most max(a, b) and short side at
+  most min(a, b) (`fit_size`; mmsegmentation's ``Resize(scale=(2048, 512), keep_ratio=True)``).
 - ``eval_resize_mask``: bool, default false: evaluation keeps masks at their stored size, so metrics
   are computed at full resolution (resize the logits to the mask's size).
 - ``normalize``: "none" (default: [0, 1] pixels, what KN models take), "imagenet", or {mean, std}
@@ -40,8 +43,10 @@ __all__ = [
     "IMAGENET_STD",
     "TRANSFORM_KEYS",
     "CatMaxRatioCrop",
+    "FitResize",
     "SegTransform",
     "build_transform",
+    "fit_size",
     "image_to_tensor",
     "resolve_normalize",
 ]
@@ -50,7 +55,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TRANSFORM_KEYS = (
     "crop_size", "scale_range", "base_size", "cat_max_ratio", "hflip", "photometric",
-    "eval_resize", "eval_resize_mask", "normalize",
+    "eval_resize", "eval_keep_ratio", "eval_resize_mask", "normalize",
 )  # fmt: skip
 _PHOTOMETRIC_DEFAULTS = {"brightness": 0.25, "contrast": 0.5, "saturation": 0.5, "hue": 0.05, "p": 0.5}
 
@@ -91,6 +96,34 @@ class CatMaxRatioCrop(BaseCrop):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("height", "width", "cat_max_ratio", "ignore_index", "max_tries")
+
+
+def fit_size(height: int, width: int, bounds: Sequence[int]) -> tuple[int, int]:
+    """The size (h, w) of an image rescaled, keeping its aspect ratio, to the largest size whose long side
+    is at most ``max(bounds)`` and short side at most ``min(bounds)``, rounded as mmcv's ``rescale_size``."""
+    factor = min(max(bounds) / max(height, width), min(bounds) / min(height, width))
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+class FitResize(A.DualTransform):
+    """Resize keeping the aspect ratio to fit ``bounds`` (`fit_size`): bilinear for the image, nearest
+    for a mask."""
+
+    def __init__(self, bounds: Sequence[int], p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.bounds = tuple(int(b) for b in bounds)
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        return {"size": fit_size(*params["shape"][:2], self.bounds)}
+
+    def apply(self, img: np.ndarray, size: tuple[int, int], **params: Any) -> np.ndarray:
+        return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+    def apply_to_mask(self, mask: np.ndarray, size: tuple[int, int], **params: Any) -> np.ndarray:
+        return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("bounds",)
 
 
 def resolve_normalize(value: Any) -> tuple[np.ndarray, np.ndarray] | None:
@@ -207,6 +240,8 @@ def build_transform(cfg: Mapping[str, Any], train: bool) -> SegTransform:
             steps.append(
                 A.SmallestMaxSize(max_size=_pair(resize, "eval_resize")[0], interpolation=cv2.INTER_LINEAR)
             )
+        elif resize is not None and cfg.get("eval_keep_ratio", False):
+            steps.append(FitResize(_pair(resize, "eval_resize")))
         elif resize is not None:
             height, width = _pair(resize, "eval_resize")
             steps.append(A.Resize(height, width, interpolation=cv2.INTER_LINEAR))

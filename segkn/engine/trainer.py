@@ -53,6 +53,7 @@ from segkn.engine.run_state import (
 from segkn.engine.schedules import build_optimizer, build_scheduler
 from segkn.engine.signals import StopRequest, TrainingTerminated, sigterm_requests
 from segkn.engine.step import NonFiniteLoss, train_step
+from segkn.engine.vis import ValidationPanels
 from segkn.models import build_model
 from segkn.progress import progress_bar
 
@@ -96,7 +97,7 @@ class Trainer:
     """One training run: set up (the constructor), `resume`, then `run`, a loop of `step`s.
 
     At their intervals the loop logs the loss, `validate`s (keeping best.pth) and `save`s last.pth. The
-    run directory gets config.yaml, last.pth, best.pth, metrics.jsonl, tensorboard/ and train.log.
+    run directory gets config.yaml, last.pth, best.pth, metrics.jsonl, tensorboard/, train.log and vis/.
     """
 
     def __init__(
@@ -145,6 +146,7 @@ class Trainer:
                 f"{cfg.train.batch_size} per process ({world} processes); lower train.batch_size"
             )
         self.cfg = cfg = run_config(cfg, self.run_dir, len(self.classes))
+        self.panels = ValidationPanels.for_run(cfg, self.val_set, self.palette, self.run_dir)  # vis/<step>/
         self.loader = build_train_loader(
             self.train_set, cfg.train.batch_size, cfg.seed, cfg.data.num_workers, distributed.rank(), world,
             self.device.type == "cuda",
@@ -349,6 +351,9 @@ class Trainer:
                 batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, amp_dtype=self.amp,
                 channels_last=cfg.train.channels_last, stop=stop, progress=self.progress,
             )  # fmt: skip
+            if self.run_log is not None:  # the main process
+                self.panels.write(self.model, self.iteration, self.run_log.writer, self.device, self.amp,
+                                  cfg.train.channels_last)  # fmt: skip
         log.info("validation at iteration %d:\n%s", self.iteration, cm.table(self.classes))
         report = metrics_report(cm, self.classes, step=self.iteration, split=cfg.data.val_split)
         miou = report["miou"]

@@ -1,4 +1,4 @@
-"""Colour masks and overlays of label maps, in a dataset's palette."""
+"""Colour masks and overlays of label maps, in a dataset's palette (the colouring lives in segkn.data)."""
 
 from __future__ import annotations
 
@@ -6,34 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from segkn.data.base import IGNORE_INDEX, default_palette
+from segkn.data.base import IGNORE_INDEX
+from segkn.data.palette import colorize, palette_table
 
 __all__ = ["colorize", "overlay", "palette_table"]
-
-
-def palette_table(palette: Sequence[Sequence[int]], num_labels: int = 256) -> np.ndarray:
-    """A (num_labels, 3) uint8 lookup table: the palette, then distinct default colours; 255 is black."""
-    size = max(num_labels, len(palette), IGNORE_INDEX + 1)
-    table = np.asarray(default_palette(size), dtype=np.uint8)
-    if len(palette):
-        colours = np.asarray(palette, dtype=np.int64)
-        if colours.ndim != 2 or colours.shape[1] != 3 or colours.min() < 0 or colours.max() > 255:
-            raise ValueError(f"a palette is a list of [r, g, b] colours in 0..255, got shape {colours.shape}")
-        table[: len(colours)] = colours.astype(np.uint8)
-    if len(palette) <= IGNORE_INDEX:
-        table[IGNORE_INDEX] = 0
-    return table
-
-
-def colorize(label_map: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """An H x W x 3 uint8 RGB image with each label painted in its palette colour (ignore = black)."""
-    labels = np.asarray(label_map)
-    if labels.ndim != 2:
-        raise ValueError(f"a label map is H x W, got shape {labels.shape}")
-    if labels.size and labels.min() < 0:
-        raise ValueError("label maps hold non-negative class indices")
-    top = int(labels.max()) + 1 if labels.size else 0
-    return palette_table(palette, top)[labels]
 
 
 def overlay(

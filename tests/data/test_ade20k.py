@@ -2,9 +2,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from segkn.config import load_config
-from segkn.data import ADE20KDataset, DatasetError, build_dataset
+from segkn.data import ADE20KDataset, DatasetError, build_dataset, build_transform, data_settings
 from segkn.data.ade20k import reduce_zero_label
 from segkn.data.check import check_files
 from segkn.data.io import read_mask
@@ -92,3 +93,38 @@ def test_tiny_train_and_eval(tmp_path: Path) -> None:
     stored = [read_mask(p) for p in sorted((root / "annotations" / "validation").glob("*.png"))]
     assert report["pixels"] == sum(int((m != 0).sum()) for m in stored) < 2 * 24 * 32  # "other" left out
     assert 0.0 <= report["miou"] <= 1.0 and "wall" in table
+
+
+def test_recipes_evaluate_as_mmsegmentation() -> None:
+    recipes = sorted((Path(__file__).resolve().parents[2] / "configs" / "ade20k").glob("*.yaml"))
+    assert len(recipes) == 6
+    for path in recipes:
+        data = load_config(path).data
+        assert (data.eval_resize, data.eval_keep_ratio) == ([2048, 512], True), path.name
+        transform = build_transform(data_settings(data), train=False)
+        image, mask = transform(np.zeros((375, 500, 3), np.uint8), np.zeros((375, 500), np.int64))
+        assert image.shape == (3, 512, 683) and mask.shape == (375, 500), path.name
+
+
+def test_evaluation_resizes_keeping_the_ratio_and_scores_at_the_label_size(tmp_path: Path) -> None:
+    from segkn.engine.evaluator import evaluate, prediction_settings
+    from segkn.engine.loaders import build_split
+
+    root = make_ade20k_tree(tmp_path / "ade", splits={"validation": 2}, size=(24, 40))
+    cfg = tiny_config(
+        tmp_path, data={"type": "ade20k", "root": str(root), "eval_resize": [64, 16], "eval_keep_ratio": True}
+    )
+    dataset = build_split(cfg, "validation", train=False)
+    seen = []
+
+    class Walls(torch.nn.Module):  # predicts class 0 (wall) everywhere, noting the input sizes
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(tuple(x.shape[-2:]))
+            return torch.nn.functional.pad(torch.ones_like(x[:, :1]), (0, 0, 0, 0, 0, 149))
+
+    cm = evaluate(Walls(), dataset, 150, **prediction_settings(cfg), progress=False)
+    assert seen == [(16, 27), (16, 27)]  # 24x40 fitted into long <= 64, short <= 16
+    stored = [read_mask(p) for p in sorted((root / "annotations" / "validation").glob("*.png"))]
+    assert cm.mat.sum() == sum(int((m != 0).sum()) for m in stored)  # every labelled pixel, as stored
+    walls = sum(int((m == 1).sum()) for m in stored)  # stored label 1 = class 0
+    assert cm.mat[0, 0] == walls and cm.mat[:, 1:].sum() == 0

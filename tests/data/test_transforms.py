@@ -15,7 +15,7 @@ from segkn.data import (
     build_transform,
     image_to_tensor,
 )
-from segkn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from segkn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, fit_size
 
 
 def _sample(height: int = 40, width: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +93,23 @@ def test_eval_is_identity_or_resize() -> None:
         image, mask
     )
     assert out_image.shape == (3, 16, 16) and out_mask.shape == (16, 16)
+
+
+def test_eval_keep_ratio_fits_the_long_and_short_bounds_as_mmsegmentation() -> None:
+    # mmcv's rescale_size with scale (2048, 512): factor = min(2048 / long side, 512 / short side)
+    assert fit_size(375, 500, [2048, 512]) == (512, 683)  # short side to 512
+    assert fit_size(500, 375, [512, 2048]) == (683, 512)  # the bounds' order does not matter
+    assert fit_size(300, 1500, [2048, 512]) == (410, 2048)  # the long side would pass 2048
+    assert fit_size(1024, 2048, [2048, 512]) == (512, 1024)
+    image, mask = _sample(24, 40)
+    cfg = {"eval_resize": [64, 16], "eval_keep_ratio": True}
+    out_image, out_mask = build_transform(cfg, train=False)(image, mask)
+    assert out_image.shape == (3, 16, 27) and out_mask.shape == (24, 40)  # the mask stays as stored
+    out_image, out_mask = build_transform({**cfg, "eval_resize_mask": True}, train=False)(image, mask)
+    assert out_image.shape == (3, 16, 27) and out_mask.shape == (16, 27)
+    assert set(np.unique(out_mask.numpy())) <= set(np.unique(mask))  # nearest: no blended labels
+    exact = build_transform({"eval_resize": [64, 16]}, train=False)(image, mask)[0]
+    assert exact.shape == (3, 64, 16)  # without eval_keep_ratio: exactly [h, w]
 
 
 def test_normalization_modes() -> None:

@@ -199,6 +199,8 @@ def test_ddp_two_processes_train_and_evaluate_like_one(tmp_path):
     assert [r["step"] for r in read_metrics(run) if r["kind"] == "train"] == [1, 2, 3]
     last = load_checkpoint(run / "last.pth")
     assert last["step"] == 3 and len(last["rng_per_rank"]) == 2
+    # the validation pictures: written once, by the main process, though each process validated a shard
+    assert sorted(p.name for p in (run / "vis").rglob("*")) == ["3", *(f"val_{i:06d}.png" for i in range(4))]
     single = tiny_config(tmp_path, "single", **sections)
     single.train.batch_size, single.train.accumulate = 1, 2
     train(single)

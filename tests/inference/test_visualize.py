@@ -1,25 +1,14 @@
 import numpy as np
 import pytest
 
+from segkn.data import palette
 from segkn.inference.visualize import colorize, overlay, palette_table
 
 PALETTE = [[10, 20, 30], [200, 100, 0]]
 
 
-def test_colorize_paints_the_palette_and_ignore_black():
-    labels = np.array([[0, 1], [255, 1]])
-    out = colorize(labels, PALETTE)
-    assert out.dtype == np.uint8 and out.shape == (2, 2, 3)
-    assert out[0, 0].tolist() == [10, 20, 30]
-    assert out[0, 1].tolist() == [200, 100, 0] == out[1, 1].tolist()
-    assert out[1, 0].tolist() == [0, 0, 0]
-
-
-def test_labels_beyond_the_palette_get_distinct_colours():
-    table = palette_table(PALETTE, 40)
-    colours = {tuple(c) for c in table[:40]}
-    assert len(colours) == 40
-    assert colorize(np.array([[39]]), PALETTE)[0, 0].tolist() == table[39].tolist()
+def test_the_colouring_is_segkn_data_palette():
+    assert colorize is palette.colorize and palette_table is palette.palette_table
 
 
 def test_overlay_blends_and_keeps_ignored_pixels():
