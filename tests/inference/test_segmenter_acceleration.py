@@ -9,6 +9,9 @@ from segkn.inference import Segmenter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# the compile tests use a shallow U-Net: Inductor's compile time grows with the number of layers
+SHALLOW = {"model": {"encoder_depth": 2, "decoder_channels": [8, 8]}}
+
 
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -52,7 +55,7 @@ def test_compile_and_channels_last_need_a_pytorch_model(tiny_checkpoint):
 def test_compiled_segmenter_equals_eager_and_sizes_share_one_graph(tiny_checkpoint, caplog):
     # the first size compiles a graph for that size, the second one graph with symbolic height and
     # width, which every later size reuses (sizes that are multiples of the model's divisor or not)
-    path = tiny_checkpoint()
+    path = tiny_checkpoint(**SHALLOW)
     eager = Segmenter.from_checkpoint(path, device="cpu")
     compiled = Segmenter.from_checkpoint(path, device="cpu", compile=True)
     assert compiled.compiled and "compiled" in repr(compiled)
@@ -78,8 +81,8 @@ def test_infer_compile_option(tiny_checkpoint, tmp_path, capsys):
     for i, (h, w) in enumerate([(136, 200), (97, 333)]):
         write_png(images / f"{i}.png", _image(h, w, seed=i))
     code = main(
-        ["infer", "--checkpoint", str(tiny_checkpoint()), str(images), "--out", str(tmp_path / "out"),
-         "--device", "cpu", "--compile", "--save", "label"]
+        ["infer", "--checkpoint", str(tiny_checkpoint(**SHALLOW)), str(images),
+         "--out", str(tmp_path / "out"), "--device", "cpu", "--compile", "--save", "label"]
     )  # fmt: skip
     assert code == 0
     assert "compiled" in capsys.readouterr().err
