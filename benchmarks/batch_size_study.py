@@ -159,7 +159,7 @@ def run_config(plan: Plan, run: Run) -> dict[str, Any]:
             "device": "auto",
             "compile": False,
         },
-        "eval": {"batch_size": 25, "compile": False},
+        "eval": {"batch_size": 25, "compile": False, "vis_samples": 0},  # no pictures: many short runs
         "seed": run.seed,
         "name": run.id,
     }
