@@ -18,8 +18,8 @@ Plans:
   --quick  U-Net on a resnet18 encoder (depth 3) with norm kn, bn and gn (same layers and FLOPs, only
            the norm differs); batch 1, 2, 8; lr 1e-3, 3e-3, 1e-2; seeds 0, 1 (54 runs); 32 x 32
            images, 3 classes, 320 training images seen per run, 50 val images scored 4 times.
-           Measured: 12.9 minutes with --jobs 2 on 2 CPU cores shared with other work (load ~5);
-           less on idle cores. Far too short for any run to converge: it shows which norm starts
+           Measured with --jobs 2 on 2 CPU cores: 3.1 minutes idle, 12.9 minutes shared with other
+           work (load ~5). Far too short for any run to converge: it shows which norm starts
            learning first at each batch size, not final accuracy.
   full     U-Net and DeepLabV3+, knresnet18 (kn) and resnet18 with kn, bn, gn, ln; batch 1, 2, 8;
            lr 1e-4, 3e-4, 1e-3, 3e-3; seeds 0, 1 (240 runs); 64 x 64 images (the demo's), 3 classes,
