@@ -88,8 +88,9 @@ def private_step(
     device = next(model.parameters()).device
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer.zero_grad(set_to_none=True)
-    total, count = 0.0, 0
+    total, count, bad = 0.0, 0, None
     for i, chunk in enumerate(chunks):
+        last = i == len(chunks) - 1
         if chunk is None:
             grads = {name: p.new_zeros((0, *p.shape)) for name, p in params.items()}
         else:
@@ -99,12 +100,15 @@ def private_step(
             with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
                 grads, losses = per_sample_gradients(model, criterion, images, masks)
             value = float(losses.sum())
-            if not math.isfinite(value):
-                raise NonFiniteLoss(value)
+            bad = value if bad is None and not math.isfinite(value) else bad
             total, count = total + value, count + len(losses)
+        # processes may hold different numbers of chunks: all of them decide together, before the last
+        # chunk's step (the one that all-reduces), and stop with the weights untouched
+        if last and not distributed.all_true(bad is None, device):
+            raise NonFiniteLoss(bad if bad is not None else total)
         for name, p in params.items():
             p.grad_sample = grads[name]
-        optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
+        optimizer.signal_skip_step(do_skip=not last)
         optimizer.step()  # clips and sums; after the last chunk also adds noise and updates the weights
         optimizer.zero_grad(set_to_none=True)
     return total / count if count else 0.0
@@ -270,6 +274,14 @@ class PrivateTraining:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue the accounting of a `state_dict` (the budget already spent is kept)."""
+        if not math.isclose(state["sample_rate"], self.sample_rate):
+            log.warning(
+                "the checkpoint's steps were sampled at rate %.4g, this run samples at %.4g (batch size, "
+                "accumulation, number of processes or dataset size changed); the accounting stays exact, "
+                "but a target_epsilon was planned for one rate and will not be met",
+                state["sample_rate"],
+                self.sample_rate,
+            )
         if state["accountant"] != self.settings.accountant:
             log.warning(
                 "the checkpoint's privacy was accounted with %s; continuing its history with %s",

@@ -44,6 +44,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")  # video files segkn reads, lower case
+ESTIMATED_COUNT_SUFFIXES = (".mkv",)  # containers without a frame count: OpenCV estimates one
 # what segkn infer writes: label maps, colour masks, overlays (for a video: a PNG per frame, two videos)
 OUTPUTS = ("label", "color", "overlay")
 VIDEO_DEFAULT_OUTPUTS = ("overlay",)  # a video's outputs unless asked otherwise: the overlay video
@@ -107,6 +108,9 @@ class VideoReader:
         self._cap = cap
         count, fps = cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_FPS)
         self.announced = int(count) if count > 0 else None
+        # Matroska/WebM store no frame count: OpenCV estimates it from the duration (of the longest
+        # stream, often the audio), so falling short of it is no sign of damage by itself
+        self.estimated = self.path.suffix.lower() in ESTIMATED_COUNT_SUFFIXES
         if not (math.isfinite(fps) and fps > 0):
             log.warning("%s: the video states no frame rate; its outputs get %g fps", self.path, FALLBACK_FPS)
             fps = FALLBACK_FPS
@@ -122,8 +126,10 @@ class VideoReader:
 
     @property
     def ended_early(self) -> bool:
-        """True once the stream ended before the frame count in the header."""
-        return self._ended and self.announced is not None and self.read < self.announced
+        """True once the stream ended before the frame count in the header (for an estimated count:
+        and the decoder reported a problem)."""
+        short = self._ended and self.announced is not None and self.read < self.announced
+        return short and (not self.estimated or bool(self.stop_reason))
 
     def take(self, count: int) -> list[tuple[int, np.ndarray]]:
         """Up to ``count`` more frames to segment, as (frame index in the video, RGB frame); [] at the end."""
@@ -224,10 +230,7 @@ class VideoResult:
     fps: float = 0.0  # of the output videos
     outputs: list[Path] = field(default_factory=list)  # videos written, and the label folder
     stop_reason: str = ""
-
-    @property
-    def ended_early(self) -> bool:
-        return self.announced is not None and self.read < self.announced
+    ended_early: bool = False  # before the header's frame count (see `VideoReader.ended_early`)
 
     def note(self) -> str:
         """One line on a video that ended before its header's frame count."""
@@ -277,6 +280,8 @@ def segment_video(
             with bar:
                 while batch := reader.take(batch_size):
                     if result.frames == 0:
+                        if "label" in save:
+                            _remove_label_frames(out_dir / "label" / name)  # an earlier run's
                         size = batch[0][1].shape[:2]
                         for kind in ("color", "overlay"):
                             if kind in save:
@@ -291,15 +296,32 @@ def segment_video(
                     result.frames += len(batch)
                     bar.update(len(batch))
             result.outputs = [writer.commit() for writer in writers.values()]
+        except DatasetError:
+            _remove_label_frames(out_dir / "label" / name)  # a video that cannot be read leaves nothing
+            raise
         finally:  # a writer not committed leaves no file
             for writer in writers.values():
                 writer.discard()
         if "label" in save:
             result.outputs.append(out_dir / "label" / name)
         result.read, result.stop_reason = reader.read, reader.stop_reason
+        result.ended_early = reader.ended_early
+        if reader.estimated and reader.announced is not None and reader.read < reader.announced:
+            if not result.ended_early:
+                log.info(
+                    "%s: %d frames read of about %d estimated from the duration", source, reader.read,
+                    reader.announced,
+                )  # fmt: skip
     if result.ended_early:
         log.warning("%s", result.note())
     return result
+
+
+def _remove_label_frames(folder: Path) -> None:
+    """Remove the per-frame label maps (``<6 digits>.png``) in ``folder``; nothing else is touched."""
+    if folder.is_dir():
+        for path in folder.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):
+            path.unlink()
 
 
 def _segment_frames(

@@ -41,6 +41,7 @@ def private_worker(rank, world_size, port, config, out_dir):
     from segkn.engine import distributed
     from segkn.engine.losses import SegmentationLoss
     from segkn.engine.privacy import PrivateTraining, private_step
+    from segkn.engine.step import NonFiniteLoss
     from segkn.engine.trainer import train
 
     os.environ.update(
@@ -67,4 +68,14 @@ def private_worker(rank, world_size, port, config, out_dir):
         images, masks = torch.randn(1, 3, 4, 4), torch.randint(0, 3, (1, 4, 4))
         private_step(model, [(images, masks)], SegmentationLoss(), private.optimizer)
         torch.save(model.unused.detach().clone(), f"{out_dir}/noise{rank}.pt")
+        # a non-finite loss on process 1 alone stops the step on both, before any weight changes
+        weights = model.head.weight.detach().clone()
+        nan = torch.full_like(images, float("nan")) if rank == 1 else images
+        try:
+            private_step(model, [(nan, masks)], SegmentationLoss(), private.optimizer)
+            outcome = "stepped"
+        except NonFiniteLoss:
+            outcome = "stopped" if torch.equal(model.head.weight, weights) else "stopped after a change"
+        with open(f"{out_dir}/nan{rank}.txt", "w") as f:
+            f.write(outcome)
     train(config_from_dict(config))

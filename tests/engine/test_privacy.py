@@ -284,7 +284,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_train_as_one_with_the_noise_added_once(tmp_path):
+def test_two_processes_train_as_one_with_the_noise_added_once_and_stop_together(tmp_path):
     import torch.multiprocessing as mp
 
     from ._configs import tiny_dict
@@ -302,6 +302,8 @@ def test_two_processes_train_as_one_with_the_noise_added_once(tmp_path):
     noise = [torch.load(tmp_path / f"noise{r}.pt") for r in range(2)]
     assert torch.equal(noise[0], noise[1])
     assert noise[0].std().item() == pytest.approx(1.0 * 1.0 / 2, rel=0.03)  # twice the noise: 0.71
+    # a NaN loss on one process stops both (none waits in the gradients' all-reduce)
+    assert [(tmp_path / f"nan{r}.txt").read_text() for r in range(2)] == ["stopped", "stopped"]
 
     # the two processes' Poisson parts make up the one process's batch: the same weights and budget
     run_one, run_two = one.run_path, tmp_path / "runs" / "two"

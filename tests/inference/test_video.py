@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from segkn.cli import main
+from segkn.data.errors import DatasetError
 from segkn.data.io import read_mask
 from segkn.inference import Segmenter
 from segkn.inference.batch import collect_inputs
@@ -258,3 +259,38 @@ def test_infer_help_states_video_support(capsys):
         main(["infer", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "MP4/AVI/MOV/MKV" in text and "--every N" in text and "overlay for videos" in text
+
+
+def test_label_maps_of_an_earlier_run_are_replaced_and_a_failed_video_leaves_none(
+    tmp_path, segmenter, monkeypatch
+):
+    source = write_video(tmp_path / "walk.mp4", shapes_frames(4))
+    labels = tmp_path / "out" / "label" / "walk"
+    segment_video(segmenter, source, tmp_path / "out", save=["label"], progress=False)
+    assert list(_labels(labels)) == ["000000.png", "000001.png", "000002.png", "000003.png"]
+    segment_video(segmenter, source, tmp_path / "out", save=["label"], every=2, progress=False)
+    assert list(_labels(labels)) == ["000000.png", "000002.png"]  # not a mix of both runs
+
+    take = VideoReader.take
+
+    def shrinking(self, count):  # the frame size changes after the first batch
+        batch = take(self, count)
+        return [(i, cv2.resize(f, (32, 32)) if i >= 2 else f) for i, f in batch]
+
+    monkeypatch.setattr(VideoReader, "take", shrinking)
+    with pytest.raises(DatasetError, match="frame 2 is 32x32, the first 64x64"):
+        segment_video(
+            segmenter, source, tmp_path / "out", save=["label", "overlay"], batch_size=2, progress=False
+        )
+    assert list(labels.iterdir()) == [] and not (tmp_path / "out" / "overlay" / "walk.mp4").exists()
+
+
+def test_a_matroska_frame_count_is_an_estimate(tmp_path):
+    for suffix, estimated in ((".mkv", True), (".avi", False)):
+        source = write_video(tmp_path / f"walk{suffix}", shapes_frames(3), "MJPG")
+        with VideoReader(source) as reader:
+            assert len(list(reader)) == 3 and not reader.ended_early
+            reader.announced = 5  # more than the stream holds: an estimate from a longer audio track
+            assert reader.ended_early is not estimated
+            reader.stop_reason = "invalid data found when processing input"  # the decoder said why
+            assert reader.ended_early
