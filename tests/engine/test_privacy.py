@@ -147,6 +147,24 @@ def test_accumulated_chunks_are_clipped_per_sample_and_noised_once():
     assert not torch.allclose(whole["head.weight"], quiet["head.weight"])
 
 
+def test_a_non_finite_loss_stops_the_step_before_the_weights_change():
+    from segkn.engine.step import NonFiniteLoss
+
+    torch.manual_seed(0)
+    model = _model("unet", "knresnet18", "kn").double().train()
+    images, masks = _batch(3)
+    images[1] = float("nan")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(NonFiniteLoss):
+        private_step(
+            model,
+            [(images[:2], masks[:2]), (images[2:], masks[2:])],
+            SegmentationLoss(),
+            _dp_optimizer(model),
+        )
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
 def test_kn_statistics_dropout_draws_per_sample_and_runs():
     torch.manual_seed(0)
     model = _model("unet", "knresnet18", "kn", dropout_p=0.1).train()
