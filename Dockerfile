@@ -29,8 +29,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # segkn and its pinned dependencies, with the `viz` extra (matplotlib: the pictures of `segkn eval` and
 # `segkn plot`). The image's torch and torchvision already satisfy the pins, so pip keeps them (and
-# their CUDA build); the comparison after the install fails the build if pip replaced either. PIP_BREAK_SYSTEM_PACKAGES lets pip install into the image's Python even where the
-# image marks it externally managed (PEP 668); pip ignores it otherwise.
+# their CUDA build); the comparison after the install fails the build if pip replaced either.
+# PIP_BREAK_SYSTEM_PACKAGES lets pip install into the image's Python even where the image marks it
+# externally managed (PEP 668); pip ignores it otherwise.
 COPY pyproject.toml README.md /tmp/segkn-src/
 COPY segkn /tmp/segkn-src/segkn
 RUN before="$(python -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)')" \
