@@ -157,6 +157,7 @@ def run_config(plan: Plan, run: Run) -> dict[str, Any]:
             "log_interval": val_interval,
             "checkpoint_interval": val_interval if plan.checkpoint_each_val else iterations,
             "device": "auto",
+            "amp": "off",  # float32 on every device, so that CPU and GPU runs of the plan compare
             "compile": False,
         },
         "eval": {"batch_size": 25, "compile": False, "vis_samples": 0},  # no pictures: many short runs
@@ -173,6 +174,8 @@ def train_one(plan: Plan, run: Run, run_dir: Path, keep_checkpoints: bool, threa
 
     if threads:
         torch.set_num_threads(threads)
+    # float32 convolutions on a GPU too (cuDNN's default TF32 moves KN outputs by ~1e-2: docs/performance.md)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     cfg = config_from_dict(run_config(plan, run), f"run {run.id}")
     start = time.perf_counter()
     status, error = "done", None
@@ -195,6 +198,8 @@ def train_one(plan: Plan, run: Run, run_dir: Path, keep_checkpoints: bool, threa
         "error": error,
         "iterations": cfg.train.iterations,
         "seconds": round(seconds, 1),  # of this process only when resumed
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
         "curve": curve,
         "final_miou": curve[-1]["miou"] if status == "done" and curve else None,
         "best_miou": max((p["miou"] for p in curve if p["miou"] is not None), default=None),
@@ -441,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=Path, default=C.ROOT / "runs" / "batch_size_study")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's last.pth/best.pth")
     parser.add_argument("--list", action="store_true", help="print the plan and what is done, no training")
+    parser.add_argument("--report", action="store_true", help="table, plot, JSON of finished runs only")
     parser.add_argument("--json", type=Path, help="default benchmarks/results/batch_size_study[_quick].json")
     args = parser.parse_args(argv)
 
@@ -457,7 +463,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         for lr in plan.lrs
         for s in plan.seeds
     ]
-    todo = [r for r in runs if cached(folder / r.id) is None]
+    # per architecture the longest runs (batch 1) first, so that a pool of --jobs ends about together
+    todo = sorted(
+        (r for r in runs if cached(folder / r.id) is None),
+        key=lambda r: (plan.archs.index(r.arch), r.batch),
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     env = C.environment(device, plan=name, **dataclasses.asdict(plan))
     C.print_header(f"batch-size study ({name}): {len(runs)} runs, {len(runs) - len(todo)} done", env)
@@ -465,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for r in runs:
             print(("done " if r not in todo else "todo ") + r.id)
         return
+    if args.report:
+        todo = []
 
     start = time.perf_counter()
     work = [(plan, r, folder / r.id, args.keep_checkpoints, args.threads) for r in todo]

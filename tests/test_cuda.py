@@ -216,3 +216,42 @@ def test_train_on_cuda_then_eval_and_infer(tmp_path):
     a, b = gpu.predict(image), cpu.predict(image)
     assert a.shape == (61, 83)
     assert (a == b).mean() > 0.999
+
+
+@pytest.mark.parametrize("encoder, norm", [("knresnet18", "kn"), ("resnet18", "gn")])
+def test_per_sample_gradients_on_cuda_equal_a_loop_over_samples(encoder, norm):
+    """DP-SGD's per-sample gradients (functorch) on a GPU, in float64, against one backward per sample."""
+    from segkn.engine.losses import SegmentationLoss
+    from segkn.engine.privacy import per_sample_gradients
+    from tests.engine.test_privacy import _batch, _loop_gradients, _model
+
+    torch.manual_seed(0)
+    model = _model("unet", encoder, norm).double().to(CUDA).train()
+    criterion = SegmentationLoss(dice_weight=0.5)
+    images, masks = (t.to(CUDA) for t in _batch(3))
+    grads, losses = per_sample_gradients(model, criterion, images, masks)
+    for i, expected in enumerate(_loop_gradients(model, criterion, images, masks)):
+        for name, g in expected.items():
+            torch.testing.assert_close(grads[name][i], g, rtol=0, atol=1e-6, msg=f"sample {i}: {name}")
+    assert losses.device.type == "cuda" and torch.isfinite(losses).all()
+
+
+def test_private_training_on_cuda_spends_the_cpu_budget(tmp_path):
+    """A DP-SGD run on a GPU (bf16 autocast, Poisson steps, 2 accumulated chunks) spends exactly the
+    epsilon of the same run on the CPU (the accountant sees only noise, sample rate and steps)."""
+    from segkn.engine.checkpoint import load_checkpoint
+    from segkn.engine.trainer import train
+    from tests.engine._configs import tiny_config
+
+    privacy = {"enabled": True, "noise_multiplier": 1.0, "max_grad_norm": 1.0}
+    runs = {}
+    for device, amp in (("cuda", "bf16"), ("cpu", "off")):
+        short = {"device": device, "amp": amp, "accumulate": 2, "val_interval": 100, "checkpoint_interval": 4}
+        cfg = tiny_config(tmp_path, name=device, privacy=privacy, train=short)
+        train(cfg)
+        runs[device] = load_checkpoint(cfg.run_path / "last.pth")
+    assert runs["cuda"]["privacy"]["history"] == runs["cpu"]["privacy"]["history"]
+    assert runs["cuda"]["privacy"]["history"][0][2] == 4  # 4 noisy steps
+    assert runs["cuda"]["privacy"]["epsilon"] == pytest.approx(runs["cpu"]["privacy"]["epsilon"])
+    for key, value in runs["cuda"]["model"].items():
+        assert torch.isfinite(value.float()).all(), key
