@@ -1,6 +1,12 @@
 """segkn: semantic segmentation with Kernel Normalized convolutional networks."""
 
-from segkn.models import build_model, register_smp_encoders
+import os
+
+# albumentations asks pypi.org for a newer version on import unless told not to: segkn never makes a
+# network request of its own accord (offline and private machines), and a user may still set it to 0
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from segkn.models import build_model, register_smp_encoders  # noqa: E402
 
 # `import segkn` makes knresnet18|34|50 available as encoder_name in every smp architecture.
 register_smp_encoders()

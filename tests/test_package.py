@@ -67,3 +67,32 @@ def test_license_is_an_spdx_expression():
     project = tomllib.loads(PYPROJECT.read_text())["project"]
     assert isinstance(project.get("license"), str), f"project.license: {project.get('license')!r}"
     assert not [c for c in project.get("classifiers", []) if c.startswith("License ::")]
+
+
+def test_importing_the_data_stack_makes_no_network_request():
+    """albumentations checks pypi.org for updates on import unless NO_ALBUMENTATIONS_UPDATE is set."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import urllib.request\n"
+        "calls = []\n"
+        "def record(self, url, *args, **kwargs):\n"
+        "    calls.append(getattr(url, 'full_url', url))\n"
+        "urllib.request.OpenerDirector.open = record\n"
+        "import segkn.data.transforms, segkn.engine.trainer, segkn.inference\n"
+        "print(calls)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    # the probe itself sees the request when the switch is off
+    env["NO_ALBUMENTATIONS_UPDATE"] = "0"
+    probe_off = probe.replace(
+        "import segkn.data.transforms, segkn.engine.trainer, segkn.inference", "import albumentations"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe_off], env=env, capture_output=True, text=True, check=True
+    )
+    assert "pypi.org" in out.stdout, out.stdout + out.stderr
