@@ -41,7 +41,7 @@ from segkn.engine.loaders import build_split, build_train_loader, train_batches
 from segkn.engine.losses import SegmentationLoss
 from segkn.engine.privacy import make_private, resume_privacy
 from segkn.engine.run_lock import lock_run_dir
-from segkn.engine.run_log import LogWindow, RunLog
+from segkn.engine.run_log import LogWindow, RunLog, read_metrics
 from segkn.engine.run_state import (
     check_run_dir,
     restore_rng,
@@ -225,6 +225,10 @@ class Trainer:
                 self._batches = train_batches(self.loader, self.iteration * t.accumulate)
             if self._resumed_rng is not None:
                 restore_rng(self._resumed_rng, cfg.seed, self.iteration)  # last: building drew from it
+                if self._validation_missed(budget_end):
+                    log.info("the validation at iteration %d did not finish before the run stopped: "
+                             "running it now", self.iteration)  # fmt: skip
+                    self._validate_and_record_best()
             window = LogWindow()
             self.model.train()
             while self.iteration < end:
@@ -297,6 +301,21 @@ class Trainer:
             f"iteration {self.iteration}/{t.iterations}  loss {loss:.4f}  lr {lr:.3g}  {speed:.1f} img/s{eps}"
         )
         log.info("%s", line)
+
+    def _validation_missed(self, budget_end: int | None) -> bool:
+        """After a resume: whether the checkpoint's iteration was due a validation that left no record.
+
+        last.pth is written before validating, so a run killed (or sent SIGTERM) while validating
+        resumes after its validation; it runs now, at the point where it would have run.
+        """
+        t, i = self.cfg.train, self.iteration
+        due = i > 0 and (i % t.val_interval == 0 or i in (t.iterations, budget_end))
+        missed = (
+            due
+            and self.run_log is not None  # the main process reads the records; the others follow it
+            and not any(r["kind"] == "val" and r["step"] == i for r in read_metrics(self.run_dir))
+        )
+        return not distributed.all_true(not missed, self.device)
 
     def _validate_and_record_best(self) -> None:
         """`validate`; a last.pth of this iteration is written again if the best score changed.

@@ -107,7 +107,7 @@ def test_validation_runs_after_the_checkpoint_of_its_iteration(tmp_path, monkeyp
     # fixed, the run continues from there and validates again at 4 before going on
     _break_mask(mask, value=1)
     assert train(cfg, run_dir=cfg.run_path, resume=True)["step"] == 8
-    assert _steps(cfg.run_path) == list(range(1, 9)) and _steps(cfg.run_path, "val") == [8]
+    assert _steps(cfg.run_path) == list(range(1, 9)) and _steps(cfg.run_path, "val") == [4, 8]
 
 
 def test_a_validation_failure_saves_the_iterations_since_the_last_checkpoint(tmp_path, monkeypatch, capsys):
@@ -290,6 +290,39 @@ def test_sigterm_during_validation_stops_it_and_saves(tmp_path, monkeypatch):
             train(cfg)
     assert load_checkpoint(cfg.run_path / "last.pth")["step"] == 3
     assert _steps(cfg.run_path, "val") == []  # the stopped validation is not recorded
+
+
+def test_a_validation_cut_short_runs_on_resume_and_the_run_ends_as_an_uninterrupted_one(
+    tmp_path, monkeypatch
+):
+    """last.pth is written before validating: a run killed while validating validates first on resume."""
+    section = {"iterations": 4, "val_interval": 2, "checkpoint_interval": 2}
+    whole = tiny_config(tmp_path, name="whole", train=section)
+    train(whole)
+    cut = tiny_config(tmp_path, name="cut", train=section)
+    evaluate = trainer_module.evaluate
+
+    def killed(*args, **kwargs):  # as kill -9 during the validation at iteration 2: nothing saved after it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "evaluate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(cut)
+    assert load_checkpoint(cut.run_path / "last.pth")["step"] == 2 and _steps(cut.run_path, "val") == []
+    monkeypatch.setattr(trainer_module, "evaluate", evaluate)
+    train(cut, run_dir=cut.run_path, resume=True)
+    assert _steps(cut.run_path, "val") == _steps(whole.run_path, "val") == [2, 4]
+    scores = [{k: v for k, v in r.items()} for r in read_metrics(whole.run_path) if r["kind"] == "val"]
+    assert [r for r in read_metrics(cut.run_path) if r["kind"] == "val"] == scores
+    assert "the validation at iteration 2 did not finish" in (cut.run_path / "train.log").read_text()
+    for name in ("last.pth", "best.pth"):
+        a, b = load_checkpoint(cut.run_path / name), load_checkpoint(whole.run_path / name)
+        assert a["step"] == b["step"] and a["best"] == b["best"], name
+        for key, value in b["model"].items():
+            torch.testing.assert_close(a["model"][key], value, rtol=0, atol=0, msg=f"{name}: {key}")
+    # a resume after a finished validation does not repeat it
+    train(cut, run_dir=cut.run_path, resume=True)
+    assert _steps(cut.run_path, "val") == [2, 4]
 
 
 @pytest.mark.slow
