@@ -331,6 +331,8 @@ class Trainer:
         except DatasetError as err:
             where = self._save_after_failure(f"validation at iteration {self.iteration}")
             raise DatasetError(f"{err} [{where}]") from None
+        except CheckpointError:  # best.pth could not be written: its message says what is kept
+            raise
         except Exception:
             log.error("%s", self._save_after_failure(f"validation at iteration {self.iteration}"))
             raise
@@ -383,7 +385,7 @@ class Trainer:
                     cfg, self.model, self.classes, self.palette, step=self.iteration, best=self.best,
                     **self._privacy_state(),
                 )  # fmt: skip
-                save_checkpoint(self.best_path, payload)
+                self._write_checkpoint(self.best_path, payload)
         if self.run_log is not None:
             per_class = {f"iou/{c['name']}": c["iou"] for c in report["classes"] if c["iou"] is not None}
             scores = {key: report[key] for key in ("miou", "aacc", "macc")}
@@ -401,8 +403,23 @@ class Trainer:
                 scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), step=self.iteration,
                 best=self.best, rng=rng[0], **extra, **self._privacy_state(),
             )  # fmt: skip
-            save_checkpoint(self.last_path, payload)
+            self._write_checkpoint(self.last_path, payload)
         self.saved_iteration = self.iteration
+
+    def _write_checkpoint(self, path: Path, payload: dict[str, Any]) -> None:
+        """`save_checkpoint`; a write that fails (a full disk) is one error that says what is kept."""
+        try:
+            save_checkpoint(path, payload)
+        except OSError as err:
+            kept = (
+                f"{self.last_path} holds iteration {self.saved_iteration}"
+                if self.saved_iteration is not None
+                else "no last.pth was written yet"
+            )
+            raise CheckpointError(
+                f"cannot write {path}: {err.strerror or err}; the file was left as it was and {kept} "
+                f"(free some space, then continue with segkn train --resume {self.run_dir})"
+            ) from None
 
     def _privacy_state(self) -> dict[str, Any]:
         return {"privacy": self.privacy.state_dict()} if self.privacy else {}

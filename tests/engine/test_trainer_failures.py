@@ -1,5 +1,6 @@
 """What a run keeps when something goes wrong: bad files, Ctrl-C, SIGTERM, kill -9, a second process."""
 
+import logging
 import os
 import re
 import signal
@@ -239,6 +240,35 @@ def test_ctrl_c_ends_with_interrupted_and_keeps_last_pth(tmp_path, monkeypatch, 
     assert _last_line(capsys) == "interrupted"
     assert load_checkpoint(run / "last.pth")["step"] == 2
     assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("name, step", [("last.pth", 4), ("best.pth", 2)])
+def test_a_full_disk_is_one_error_line_and_the_run_resumes(tmp_path, monkeypatch, capsys, caplog, name, step):
+    config = write_config(tmp_path / "tiny.yaml", tiny_dict(tmp_path, train={"iterations": 6}))
+    run = tmp_path / "runs" / "run"
+    save = torch.save
+
+    def saving(obj, f, *args, **kwargs):
+        if obj.get("step") == step and ("optimizer" in obj) == (name == "last.pth"):
+            f.write(b"half a checkpoint")
+            raise OSError(28, "No space left on device")
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", saving)
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err[-3000:]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert err.strip().splitlines()[-1] == (
+        f"error: cannot write {run / name}: No space left on device; the file was left as it was and "
+        f"{run / 'last.pth'} holds iteration 2 "
+        f"(free some space, then continue with segkn train --resume {run})"
+    )
+    assert load_checkpoint(run / "last.pth")["step"] == 2
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
+    monkeypatch.setattr(torch, "save", save)  # space freed
+    assert main(["train", "--resume", str(run)]) == 0
+    assert load_checkpoint(run / "last.pth")["step"] == 6 and (run / "best.pth").is_file()
 
 
 @contextmanager
