@@ -5,6 +5,8 @@ images seen, each with a learning-rate sweep and several seeds, on the built-in 
     .venv/bin/python benchmarks/batch_size_study.py              # the full study (see below for how long)
     .venv/bin/python benchmarks/batch_size_study.py --list       # the plan and what is already done
     .venv/bin/python benchmarks/batch_size_study.py --models resnet18-bn --batches 1 --jobs 2   # a piece
+    .venv/bin/python benchmarks/batch_size_study.py --images 8000 --report   # tables etc. of finished runs
+    bash benchmarks/cuda_study.sh OUT 600 --images 8000 --archs unet --jobs 14 --threads 1   # pieces on a GPU
 
 Every run is ``segkn.engine.trainer.train`` on a config built here (the demo recipe
 configs/demo/shapes_unet_knresnet18_kn_2k_64x64.yaml, resized): AdamW, poly schedule with a 5% warm-up,
@@ -24,10 +26,16 @@ Plans:
   full     U-Net and DeepLabV3+, knresnet18 (kn) and resnet18 with kn, bn, gn, ln; batch 1, 2, 8;
            lr 1e-4, 3e-4, 1e-3, 3e-3; seeds 0, 1 (240 runs); 64 x 64 images (the demo's), 3 classes,
            16000 training images seen per run (the demo's 2000 iterations at batch 8), 100 val images
-           scored 8 times. Not run yet; a rough estimate: 60 hours of single-core time (batch 1
-           dominates: 16000 iterations a run), a few hours on one GPU; run it in pieces
-           (--archs/--models/--batches/--lrs/--seeds, or --jobs N on a larger machine).
+           scored 8 times. Run in pieces (--archs/--models/--batches/--lrs/--seeds/--images, --jobs N);
+           what ran so far, at 8000 images and lr 3e-4, 1e-3, 3e-3, is in docs/batch_size.md. Measured
+           per run at 8000 images: on one H100 (torch 2.11, eager, 14 runs at once) a KNResNet-18 U-Net
+           at batch 1 (8000 iterations) took 5.5 min, a BN/GN/LN one 1.6-1.9 min, a DeepLabV3+ at batch
+           8 (1000 iterations) 1.4 min (KN) and 0.6-0.9 min; on 2 CPU cores (2 runs at once, 1 thread
+           each) a KNResNet-18 U-Net at batch 8 took about 5 min. From these, the whole plan (240 runs,
+           16000 images) is about 1.5 hours on one such GPU and a day or more on 2 CPU cores (estimates).
 
+Every run trains in float32 (no autocast, no TF32 on a GPU), so pieces run on CPUs and GPUs compare;
+result.json records the device. Runs start longest first (batch 1), so a pool of --jobs ends together.
 Runs are cached: each one trains in ``--work-dir/<plan>/<run-id>/`` and leaves result.json there when it
 ends (its checkpoints are then deleted unless --keep-checkpoints); a finished run is skipped and an
 interrupted one resumes from its last.pth. The table and plot use every finished run of the plan, so
@@ -256,6 +264,7 @@ def summarize(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "batch": batch,
                 "best_lr": best_lr,
                 "seeds": [r["seed"] for r in best],
+                "runs": sum(len(rs) for rs in by_lr.values()),  # finished runs of the setting, all lrs
                 "miou_mean": mean,
                 "miou_spread": spread,
                 "miou_per_lr": {f"{lr:g}": m for lr, m in per_lr.items()},
@@ -281,13 +290,16 @@ def _f(x: float | None) -> str:
 
 def print_tables(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], plan: Plan) -> None:
     lrs = [f"{lr:g}" for lr in plan.lrs]
-    print("\n## Best learning rate per setting (final val mIoU, mean +- half range over seeds)\n")
+    edges = (min(plan.lrs), max(plan.lrs))
+    print("\n## Best learning rate per setting (final val mIoU, mean +- half range over seeds)")
+    print("(edge: the best lr is the sweep's smallest or largest, so a better one may lie outside it)\n")
     print(
         C.markdown_table(
             [
                 "arch",
                 "encoder-norm",
                 "batch",
+                "runs",
                 "best lr",
                 "val mIoU",
                 *[f"lr {lr}" for lr in lrs],
@@ -298,7 +310,8 @@ def print_tables(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any
                     r["arch"],
                     r["model"],
                     r["batch"],
-                    f"{r['best_lr']:g}",
+                    f"{r['runs']}/{len(plan.lrs) * len(plan.seeds)}",
+                    f"{r['best_lr']:g}" + (" (edge)" if r["best_lr"] in edges else ""),
                     "fails" if r["all_failed"] else f"{r['miou_mean']:.3f} +- {r['miou_spread']:.3f}",
                     *[_f(r["miou_per_lr"].get(lr)) for lr in lrs],
                     {None: "-", True: "yes", False: "no"}[r["still_rising"]],
@@ -376,7 +389,10 @@ def plot(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], path
                             label=f"{r['model']} lr {r['best_lr']:g}" if first else None,
                         )  # fmt: skip
             ax.set(xlabel="training images seen", ylabel="val mIoU", title=f"{arch}, batch {batch}: best lr")
-            ax.legend(fontsize=7)
+            if ax.lines:
+                ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
