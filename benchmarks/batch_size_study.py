@@ -221,7 +221,13 @@ def train_one(plan: Plan, run: Run, run_dir: Path, keep_checkpoints: bool, threa
 
 
 def _train_in_worker(args: tuple[Plan, Run, Path, bool, int]) -> dict[str, Any]:
-    return train_one(*args)
+    from segkn.engine.signals import EXIT_CODE, TrainingTerminated
+
+    try:
+        return train_one(*args)
+    except TrainingTerminated:  # SIGTERM: the run saved its last.pth; this worker takes no further run
+        sys.stdout.flush()
+        os._exit(EXIT_CODE)
 
 
 def cached(run_dir: Path) -> dict[str, Any] | None:
