@@ -35,6 +35,7 @@ __all__ = [
     "publish_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
+    "save_run_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,17 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
             ):
                 raise context from None
             raise
+
+
+def save_run_checkpoint(path: Path, payload: Mapping[str, Any], kept: str, run_dir: Path) -> None:
+    """`save_checkpoint` for a run; a failed write (a full disk) is one CheckpointError: what is ``kept``."""
+    try:
+        save_checkpoint(path, payload)
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot write {path}: {err.strerror or err}; the file was left as it was and {kept} "
+            f"(free some space, then continue with segkn train --resume {run_dir})"
+        ) from None
 
 
 def first_line(err: BaseException) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LogWindow", "RunLog", "read_metrics"]
+__all__ = ["LogWindow", "RunLog", "has_record", "read_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -21,6 +21,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def has_record(run_dir: str | Path, kind: str, step: int) -> bool:
+    """Whether the run's metrics.jsonl holds a record of ``kind`` ("train", "val") at ``step``."""
+    return any(r["kind"] == kind and r["step"] == step for r in read_metrics(run_dir))
 
 
 @dataclass

@@ -33,7 +33,7 @@ from segkn.engine.checkpoint import (
     checkpoint_payload,
     load_checkpoint,
     load_init_weights,
-    save_checkpoint,
+    save_run_checkpoint,
 )
 from segkn.engine.device import amp_dtype, resolve_device
 from segkn.engine.evaluator import EvaluationStopped, evaluate, metrics_report, prediction_settings
@@ -41,7 +41,7 @@ from segkn.engine.loaders import build_split, build_train_loader, train_batches
 from segkn.engine.losses import SegmentationLoss
 from segkn.engine.privacy import make_private, resume_privacy
 from segkn.engine.run_lock import lock_run_dir
-from segkn.engine.run_log import LogWindow, RunLog, read_metrics
+from segkn.engine.run_log import LogWindow, RunLog, has_record
 from segkn.engine.run_state import (
     check_run_dir,
     restore_rng,
@@ -313,17 +313,16 @@ class Trainer:
         missed = (
             due
             and self.run_log is not None  # the main process reads the records; the others follow it
-            and not any(r["kind"] == "val" and r["step"] == i for r in read_metrics(self.run_dir))
+            and not has_record(self.run_dir, "val", i)
         )
         return not distributed.all_true(not missed, self.device)
 
     def _validate_and_record_best(self) -> None:
-        """`validate`; a last.pth of this iteration is written again if the best score changed.
+        """`validate`; a failure saves last.pth first (`_save_after_failure`).
 
-        A failure saves last.pth first (`_save_after_failure`); a data error's one-line message says so,
-        other errors are logged with it. A validation that SIGTERM stops is left out.
+        A data error's one-line message says what was saved, other errors are logged with it. A validation
+        that SIGTERM stops is left out.
         """
-        best, saved_now = self.best, self.saved_iteration == self.iteration
         try:
             self.validate()
         except EvaluationStopped:
@@ -336,8 +335,6 @@ class Trainer:
         except Exception:
             log.error("%s", self._save_after_failure(f"validation at iteration {self.iteration}"))
             raise
-        if saved_now and self.best != best:
-            self.save()
 
     def _save_after_failure(self, during: str) -> str:
         """Save the steps made since the last save (one process; a group cannot save alone); what was kept."""
@@ -379,19 +376,25 @@ class Trainer:
         report = metrics_report(cm, self.classes, step=self.iteration, split=cfg.data.val_split)
         miou = report["miou"]
         if miou is not None and (self.best is None or miou > self.best["miou"]):
-            self.best = {"miou": miou, "step": self.iteration}
-            if distributed.is_main():
-                payload = checkpoint_payload(
-                    cfg, self.model, self.classes, self.palette, step=self.iteration, best=self.best,
-                    **self._privacy_state(),
-                )  # fmt: skip
-                self._write_checkpoint(self.best_path, payload)
-        if self.run_log is not None:
+            self._keep_best(miou)
+        if self.run_log is not None:  # last: a run killed before this point validates again on resume
             per_class = {f"iou/{c['name']}": c["iou"] for c in report["classes"] if c["iou"] is not None}
             scores = {key: report[key] for key in ("miou", "aacc", "macc")}
             self.run_log.record("val", self.iteration, **scores, **per_class)
         self.model.train()
         return report
+
+    def _keep_best(self, miou: float) -> None:
+        """Write best.pth; a last.pth of this iteration is written again, so that it holds the new best."""
+        self.best = {"miou": miou, "step": self.iteration}
+        if distributed.is_main():
+            payload = checkpoint_payload(
+                self.cfg, self.model, self.classes, self.palette, step=self.iteration, best=self.best,
+                **self._privacy_state(),
+            )  # fmt: skip
+            self._write_checkpoint(self.best_path, payload)
+        if self.saved_iteration == self.iteration:
+            self.save()
 
     def save(self) -> None:
         """Write last.pth: weights, optimizer, schedule, scaler, iteration, best and every process's RNG."""
@@ -407,19 +410,13 @@ class Trainer:
         self.saved_iteration = self.iteration
 
     def _write_checkpoint(self, path: Path, payload: dict[str, Any]) -> None:
-        """`save_checkpoint`; a write that fails (a full disk) is one error that says what is kept."""
-        try:
-            save_checkpoint(path, payload)
-        except OSError as err:
-            kept = (
-                f"{self.last_path} holds iteration {self.saved_iteration}"
-                if self.saved_iteration is not None
-                else "no last.pth was written yet"
-            )
-            raise CheckpointError(
-                f"cannot write {path}: {err.strerror or err}; the file was left as it was and {kept} "
-                f"(free some space, then continue with segkn train --resume {self.run_dir})"
-            ) from None
+        saved = self.saved_iteration
+        kept = (
+            f"{self.last_path} holds iteration {saved}"
+            if saved is not None
+            else "no last.pth was written yet"
+        )
+        save_run_checkpoint(path, payload, kept, self.run_dir)
 
     def _privacy_state(self) -> dict[str, Any]:
         return {"privacy": self.privacy.state_dict()} if self.privacy else {}

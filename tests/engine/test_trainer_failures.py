@@ -355,6 +355,45 @@ def test_a_validation_cut_short_runs_on_resume_and_the_run_ends_as_an_uninterrup
     assert _steps(cut.run_path, "val") == [2, 4]
 
 
+@pytest.mark.parametrize("point", ["before last.pth holds the new best", "before the scores are recorded"])
+def test_a_kill_after_a_new_best_loses_nothing_on_resume(tmp_path, monkeypatch, point):
+    """At a new best, best.pth and then last.pth (again) are written before the scores are recorded: a run
+    killed in between validates again on resume and keeps its best, as an uninterrupted run does."""
+    section = {"iterations": 4, "val_interval": 2, "checkpoint_interval": 2}
+    whole = tiny_config(tmp_path, name="whole", train=section)
+    train(whole)
+    cut = tiny_config(tmp_path, name="cut", train=section)
+    save, record = torch.save, trainer_module.RunLog.record
+    writes = []
+
+    def saving(obj, f, *args, **kwargs):  # at iteration 2: last.pth, best.pth, last.pth with the best
+        writes.append(obj["step"])
+        if point.startswith("before last.pth") and writes == [2, 2, 2]:
+            raise KeyboardInterrupt  # as kill -9 before the write
+        return save(obj, f, *args, **kwargs)
+
+    def recording(self, kind, step, **values):
+        if point.startswith("before the scores") and kind == "val":
+            raise KeyboardInterrupt
+        return record(self, kind, step, **values)
+
+    monkeypatch.setattr(torch, "save", saving)
+    monkeypatch.setattr(trainer_module.RunLog, "record", recording)
+    with pytest.raises(KeyboardInterrupt):
+        train(cut)
+    assert _steps(cut.run_path, "val") == [] and load_checkpoint(cut.run_path / "best.pth")["step"] == 2
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(trainer_module.RunLog, "record", record)
+    first = next(r["miou"] for r in read_metrics(whole.run_path) if r["kind"] == "val" and r["step"] == 2)
+    assert train(cut, run_dir=cut.run_path, resume=True, stop_at=2)["best"] == {"miou": first, "step": 2}
+    assert "the validation at iteration 2 did not finish" in (cut.run_path / "train.log").read_text()
+    train(cut, run_dir=cut.run_path, resume=True)
+    assert _steps(cut.run_path, "val") == _steps(whole.run_path, "val") == [2, 4]
+    for name in ("last.pth", "best.pth"):
+        a, b = load_checkpoint(cut.run_path / name), load_checkpoint(whole.run_path / name)
+        assert a["step"] == b["step"] and a["best"] == b["best"], name
+
+
 @pytest.mark.slow
 def test_sigterm_to_segkn_train_saves_exits_143_and_resume_continues(tmp_path):
     config = _long_run(tmp_path, checkpoint_interval=1000)
