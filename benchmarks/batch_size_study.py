@@ -269,6 +269,7 @@ def summarize(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "model": model,
                 "batch": batch,
                 "best_lr": best_lr,
+                "best_lr_at_edge": best_lr in (min(per_lr), max(per_lr)),  # of the lrs run
                 "seeds": [r["seed"] for r in best],
                 "runs": sum(len(rs) for rs in by_lr.values()),  # finished runs of the setting, all lrs
                 "miou_mean": mean,
@@ -296,9 +297,8 @@ def _f(x: float | None) -> str:
 
 def print_tables(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], plan: Plan) -> None:
     lrs = [f"{lr:g}" for lr in plan.lrs]
-    edges = (min(plan.lrs), max(plan.lrs))
     print("\n## Best learning rate per setting (final val mIoU, mean +- half range over seeds)")
-    print("(edge: the best lr is the sweep's smallest or largest, so a better one may lie outside it)\n")
+    print("(edge: the best lr is the smallest or largest run in its row, so a better one may lie outside)\n")
     print(
         C.markdown_table(
             [
@@ -317,7 +317,7 @@ def print_tables(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any
                     r["model"],
                     r["batch"],
                     f"{r['runs']}/{len(plan.lrs) * len(plan.seeds)}",
-                    f"{r['best_lr']:g}" + (" (edge)" if r["best_lr"] in edges else ""),
+                    f"{r['best_lr']:g}" + (" (edge)" if r["best_lr_at_edge"] else ""),
                     "fails" if r["all_failed"] else f"{r['miou_mean']:.3f} +- {r['miou_spread']:.3f}",
                     *[_f(r["miou_per_lr"].get(lr)) for lr in lrs],
                     {None: "-", True: "yes", False: "no"}[r["still_rising"]],
