@@ -27,7 +27,7 @@ Plans:
            lr 1e-4, 3e-4, 1e-3, 3e-3; seeds 0, 1 (240 runs); 64 x 64 images (the demo's), 3 classes,
            16000 training images seen per run (the demo's 2000 iterations at batch 8), 100 val images
            scored 8 times. Run in pieces (--archs/--models/--batches/--lrs/--seeds/--images, --jobs N);
-           what ran so far, at 8000 images and lr 3e-4, 1e-3, 3e-3, is in docs/batch_size.md. Measured
+           what ran so far (8000 images, lr 1e-4 to 1e-2) is in docs/batch_size.md. Measured
            per run at 8000 images: on one H100 (torch 2.11, eager, 14 runs at once) a KNResNet-18 U-Net
            at batch 1 (8000 iterations) took 5.5 min, a BN/GN/LN one 1.6-1.9 min, a DeepLabV3+ at batch
            8 (1000 iterations) 1.4 min (KN) and 0.6-0.9 min; on 2 CPU cores (2 runs at once, 1 thread
